@@ -1,0 +1,36 @@
+# make run: the daemon in the foreground on conf/smtpd.conf
+# make test: ruff, mypy --strict and pytest
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Python >= 3.12 is required: 3.11 still ships a stdlib module named smtpd.
+FIND_PYTHON = for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/python3 \
+	$$HOME/.pyenv/versions/3.12*/bin/python3 /root/.pyenv/versions/3.1[3-9]*/bin/python3 \
+	/root/.pyenv/versions/3.12*/bin/python3 python3; do \
+	  if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+	    command -v $$p; exit 0; fi; done; \
+	echo "pysmtpd needs Python >= 3.12 (python3.13, python3.12 or one under ~/.pyenv/versions)" >&2; exit 1
+
+.PHONY: run test install clean lint
+$(STAMP): pyproject.toml
+	@py=$$($(FIND_PYTHON)) || exit 1; \
+	  [ -x $(PY) ] || $$py -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip && \
+	  $(PY) -m pip install -q -e '.[test]' && touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	mkdir -p var
+	$(VENV)/bin/smtpd -d -f conf/smtpd.conf
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check imsg smtpd smtpctl tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) var
