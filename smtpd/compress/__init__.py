@@ -1,0 +1,1 @@
+"""Streaming compression for the queue (``queue compression``)."""

@@ -1,0 +1,1 @@
+"""Queue encryption: a passphrase KDF and a chunked AES-256-GCM stream format."""

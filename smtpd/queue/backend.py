@@ -1,0 +1,66 @@
+"""The queue backend interface and its registry (DESIGN.md §4, §7).
+
+A backend stores opaque blobs by (kind, id) and nothing else: no parsing,
+no compression, no encryption, no caching. With ``queue encryption`` on it
+only ever sees ciphertext, so it may live on untrusted storage. The
+cross-cutting work is the front's (front.py).
+
+Contract (tests/queue/test_queue_backend_contract.py runs it on every
+registered backend):
+
+* ``put(kind, oid, data) -> int``: store ``data`` (bytes, an iterable of
+  chunks, or a binary file read to EOF), replacing any previous blob
+  atomically; durable when it returns. Returns the size stored.
+* ``get(kind, oid) -> BinaryIO``: a readable stream of the blob (caller
+  closes); ``BlobNotFound`` if missing.
+* ``delete(kind, oid) -> bool``: durable removal; False if it was missing.
+* ``list(kind, *, after=-1) -> Iterator[int]``: the ids of ``kind`` greater
+  than ``after`` in ascending order. Changing the store while iterating is
+  allowed: no id is yielded twice, and ids present throughout are yielded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from smtpd.queue.blob import BlobNotFound, BlobSource, Kind
+from smtpd.queue.fs import FsBackend
+from smtpd.queue.ram import RamBackend
+
+__all__ = ["BACKENDS", "BlobNotFound", "BlobSource", "Kind", "QueueBackend", "make_backend"]
+
+
+class QueueBackend(Protocol):
+    name: str
+
+    def put(self, kind: Kind, oid: int, data: BlobSource) -> int: ...
+
+    def get(self, kind: Kind, oid: int) -> BinaryIO: ...
+
+    def delete(self, kind: Kind, oid: int) -> bool: ...
+
+    def list(self, kind: Kind, *, after: int = -1) -> Iterator[int]: ...
+
+
+def _fs(spool: Path) -> QueueBackend:
+    return FsBackend(spool)
+
+
+def _ram(spool: Path) -> QueueBackend:
+    return RamBackend()
+
+
+# ``queue backend NAME`` -> factory taking the spool path.
+BACKENDS: dict[str, Callable[[Path], QueueBackend]] = {"fs": _fs, "ram": _ram}
+
+
+def make_backend(name: str, spool: Path) -> QueueBackend:
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown queue backend {name!r} (known: {', '.join(sorted(BACKENDS))})"
+        ) from None
+    return factory(spool)

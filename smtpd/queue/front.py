@@ -1,0 +1,460 @@
+"""The queue front: everything between the queue process and a blob backend.
+
+On write: serialize -> compress -> encrypt -> backend; on read the reverse
+(DESIGN.md §4). It also owns the incoming/ area where the smtp process
+streams a message being received, the envelope cache, crash recovery and
+the spool walk.
+
+Commit protocol (crash safety without multi-blob transactions): the
+envelopes of a message are put first and the message blob last; the message
+blob is the commit point. ``recover()`` at start-up removes what a crash can
+leave: incoming/ leftovers, envelopes without a message (a commit cut short,
+never acknowledged) and messages without envelopes (a removal cut short).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from smtpd.compress.gz import CompressError
+from smtpd.crypto.kdf import (
+    SCRYPT_N,
+    KdfParams,
+    KeyError_,
+    MasterKey,
+    derive_master_key,
+    dump_keycheck,
+    load_keycheck,
+)
+from smtpd.crypto.stream import DecryptError
+from smtpd.queue import codec
+from smtpd.queue.backend import QueueBackend
+from smtpd.queue.blob import READ_CHUNK, BlobNotFound, Kind, chunk_stream, iter_source
+from smtpd.queue.cache import EnvelopeCache
+from smtpd.queue.envelope import (
+    MAX_ENVELOPE_SIZE,
+    Envelope,
+    EnvelopeError,
+    dump_envelope,
+    load_envelope,
+)
+from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError, WrongKey
+from smtpd.queue.ids import check_msgid, evpid_to_msgid, new_evpid, new_msgid
+from smtpd.queue.spool import DIR_MODE, FILE_MODE, clear_dir, prepare_spool, remove_tree
+
+log = logging.getLogger("smtpd.queue")
+
+_LAST = 0xFFFFFFFF
+_DECODE_ERRORS = (DecryptError, CompressError)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverReport:
+    incoming: int  # incoming messages removed (never acknowledged)
+    orphan_envelopes: int  # envelopes of a commit cut short
+    orphan_messages: int  # messages whose last envelope was already removed
+
+
+def _guard(kind: Kind, oid: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Turn decode errors found mid-stream into a QueueCorrupt naming the object."""
+    try:
+        yield from chunks
+    except _DECODE_ERRORS as exc:
+        raise QueueCorrupt(kind, oid, str(exc)) from None
+
+
+class QueueFront:
+    def __init__(
+        self,
+        backend: QueueBackend,
+        *,
+        spool: Path,
+        compression: bool = False,
+        encryption_key: str | None = None,
+        old_keys: Sequence[str] = (),
+        cache_size: int = 1024,
+        kdf_n: int = SCRYPT_N,
+    ) -> None:
+        """``spool`` holds incoming/ and temporary/ (for ``fs`` it is also the
+        backend's root). ``old_keys`` are accepted for reading only (key
+        rotation; ``rewrite_all`` then re-encrypts with ``encryption_key``).
+        ``kdf_n`` is the scrypt cost used when a new spool key file is made.
+        Raises WrongKey when no given key is the spool's."""
+        self.backend = backend
+        self.spool = Path(spool)
+        prepare_spool(self.spool)
+        self._incoming = self.spool / "incoming"
+        self._temporary = self.spool / "temporary"
+        self._purge = self.spool / "purge"
+        self.compression = compression
+        self._cache = EnvelopeCache(cache_size)
+        self._pending: dict[int, list[Envelope]] = {}
+        self._master: MasterKey | None = None
+        self._keys: dict[bytes, MasterKey] = {}
+        if encryption_key is not None or old_keys:
+            self._setup_keys(encryption_key, old_keys, kdf_n)
+
+    # --- keys ---------------------------------------------------------------
+
+    def _setup_keys(self, key: str | None, old_keys: Sequence[str], kdf_n: int) -> None:
+        try:
+            with self.backend.get(Kind.KEYCHECK, 0) as f:
+                params, spool_key_id = load_keycheck(f.read(4096))
+        except BlobNotFound:
+            params, spool_key_id = KdfParams.new(kdf_n), None
+        except KeyError_ as exc:
+            raise WrongKey(str(exc)) from None
+        passphrases = ([key] if key is not None else []) + list(old_keys)
+        try:
+            masters = [derive_master_key(p, params) for p in passphrases]
+        except KeyError_ as exc:
+            raise WrongKey(str(exc)) from None
+        self._keys = {m.key_id: m for m in masters}
+        if spool_key_id is not None and spool_key_id not in self._keys:
+            raise WrongKey(
+                "the queue encryption key does not match the spool's "
+                f"(key id {spool_key_id.hex()}); give the old one with old-key to rotate"
+            )
+        if key is not None:
+            self._master = masters[0]
+            if spool_key_id != self._master.key_id:
+                # The spool is now written with this key (rotation or first use).
+                self.backend.put(Kind.KEYCHECK, 0, dump_keycheck(params, self._master.key_id))
+
+    @property
+    def encryption(self) -> bool:
+        return self._master is not None
+
+    # --- encode / decode ----------------------------------------------------
+
+    def _encode(self, kind: Kind, oid: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        return codec.encode(
+            chunks, compression=self.compression, master=self._master, aad=codec.label(kind, oid)
+        )
+
+    def _decode(self, kind: Kind, oid: int, raw: Iterable[bytes]) -> Iterator[bytes]:
+        try:
+            chunks = codec.decode(raw, keys=self._keys, aad=codec.label(kind, oid))
+        except _DECODE_ERRORS as exc:
+            raise QueueCorrupt(kind, oid, str(exc)) from None
+        return _guard(kind, oid, chunks)
+
+    def _get(self, kind: Kind, oid: int) -> BinaryIO:
+        try:
+            return self.backend.get(kind, oid)
+        except BlobNotFound:
+            raise NotFound(kind, oid) from None
+
+    def _exists(self, kind: Kind, oid: int) -> bool:
+        try:
+            self.backend.get(kind, oid).close()
+        except BlobNotFound:
+            return False
+        return True
+
+    # --- incoming messages ----------------------------------------------------
+
+    def message_create(self) -> int:
+        """A new msgid with an empty incoming/<msgid>/ directory."""
+        while True:
+            msgid = new_msgid()
+            if self._exists(Kind.MESSAGE, msgid):
+                continue
+            try:
+                os.mkdir(self._incoming / f"{msgid:08x}", DIR_MODE)
+            except FileExistsError:
+                continue
+            self._pending[msgid] = []
+            return msgid
+
+    def message_path(self, msgid: int) -> Path:
+        """Where the message being received is written."""
+        return self._incoming / f"{check_msgid(msgid):08x}" / "message"
+
+    def _check_pending(self, msgid: int) -> list[Envelope]:
+        try:
+            return self._pending[msgid]
+        except KeyError:
+            raise NotFound(Kind.MESSAGE, msgid) from None
+
+    def message_fd(self, msgid: int) -> int:
+        """A new write-only fd for the incoming message (handed to smtp)."""
+        self._check_pending(msgid)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return os.open(self.message_path(msgid), flags, FILE_MODE)
+        except FileExistsError:
+            raise QueueError(f"message {msgid:08x}: already opened") from None
+
+    def envelope_create(self, msgid: int, env: Envelope) -> int:
+        """Give ``env`` a new evpid of ``msgid``. Held until commit for an
+        incoming message; written at once for a committed one (a bounce)."""
+        pending = self._pending.get(msgid)
+        if pending is None and not self._exists(Kind.MESSAGE, msgid):
+            raise NotFound(Kind.MESSAGE, msgid)
+        taken = {e.evpid for e in pending or ()}
+        while True:
+            evpid = new_evpid(msgid)
+            if evpid not in taken and not self._exists(Kind.ENVELOPE, evpid):
+                break
+        env = dataclasses.replace(env, evpid=evpid)
+        data = dump_envelope(env)  # EnvelopeError now rather than at commit
+        if pending is not None:
+            pending.append(env)
+        else:
+            self.backend.put(Kind.ENVELOPE, evpid, self._encode(Kind.ENVELOPE, evpid, [data]))
+            self._cache.put(env)
+        return evpid
+
+    def message_commit(self, msgid: int) -> None:
+        """Store the message and its envelopes durably; then it may get its 250."""
+        envs = self._check_pending(msgid)
+        if not envs:
+            raise QueueError(f"message {msgid:08x}: no envelopes to commit")
+        try:
+            src = open(self.message_path(msgid), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise QueueError(f"message {msgid:08x}: no message data") from None
+        with src:
+            for env in envs:
+                data = dump_envelope(env)
+                self.backend.put(
+                    Kind.ENVELOPE, env.evpid, self._encode(Kind.ENVELOPE, env.evpid, [data])
+                )
+            # The commit point: without this blob, recover() drops the envelopes.
+            self.backend.put(
+                Kind.MESSAGE, msgid, self._encode(Kind.MESSAGE, msgid, iter_source(src))
+            )
+        del self._pending[msgid]
+        for env in envs:
+            self._cache.put(env)
+        remove_tree(self._incoming / f"{msgid:08x}", self._purge)
+
+    def message_rollback(self, msgid: int) -> None:
+        """Forget an incoming message (the transaction failed or was reset)."""
+        self._pending.pop(msgid, None)
+        remove_tree(self._incoming / f"{check_msgid(msgid):08x}", self._purge)
+
+    # --- committed messages ---------------------------------------------------
+
+    def message_envelopes(self, msgid: int) -> list[int]:
+        """The evpids of a committed message, ascending."""
+        out = []
+        for evpid in self.backend.list(Kind.ENVELOPE, after=check_msgid(msgid) << 32):
+            if evpid >> 32 != msgid:
+                break
+            out.append(evpid)
+        return out
+
+    def message_delete(self, msgid: int) -> None:
+        for evpid in self.message_envelopes(msgid):
+            self.backend.delete(Kind.ENVELOPE, evpid)
+        self._cache.evict_message(msgid)
+        self.backend.delete(Kind.MESSAGE, msgid)
+
+    def message_open(self, msgid: int) -> BinaryIO:
+        """The plaintext message as a stream, decoded on the fly. A decode error
+        raises QueueCorrupt from ``read`` when reached; use
+        ``message_fd_for_delivery`` to have it checked in full first."""
+        raw = self._get(Kind.MESSAGE, msgid)
+        return chunk_stream(self._decode(Kind.MESSAGE, msgid, iter_source(raw)), raw)
+
+    def message_fd_for_delivery(self, msgid: int) -> int:
+        """A read-only fd of the whole verified plaintext in an unlinked file.
+
+        Fully decoded (and authenticated) before it is returned, so no MDA
+        ever sees part of a tampered message."""
+        fd = self._anonymous_file()
+        try:
+            with self.message_open(msgid) as src:
+                while chunk := src.read(READ_CHUNK):
+                    _write_all(fd, chunk)
+            try:
+                ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                os.lseek(fd, 0, os.SEEK_SET)
+                return fd
+            os.close(fd)
+            return ro
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _anonymous_file(self) -> int:
+        try:
+            return os.open(
+                self._temporary, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, FILE_MODE
+            )
+        except (AttributeError, OSError):
+            fd, name = tempfile.mkstemp(prefix="dlv.", dir=self._temporary)
+            os.unlink(name)
+            return fd
+
+    # --- envelopes --------------------------------------------------------------
+
+    def _read_envelope(self, evpid: int) -> Envelope:
+        with self._get(Kind.ENVELOPE, evpid) as raw:
+            plain = b""
+            for chunk in self._decode(Kind.ENVELOPE, evpid, iter_source(raw)):
+                plain += chunk
+                if len(plain) > MAX_ENVELOPE_SIZE:
+                    raise QueueCorrupt(Kind.ENVELOPE, evpid, "envelope too large")
+        try:
+            return load_envelope(plain, evpid=evpid)
+        except EnvelopeError as exc:
+            raise QueueCorrupt(Kind.ENVELOPE, evpid, str(exc)) from None
+
+    def envelope_load(self, evpid: int) -> Envelope:
+        """NotFound if missing; QueueCorrupt if unreadable."""
+        env = self._cache.get(evpid)
+        if env is None:
+            env = self._read_envelope(evpid)
+            self._cache.put(env)
+        return env
+
+    def envelope_update(self, env: Envelope) -> None:
+        """Replace a stored envelope (retry count, errorline...)."""
+        self._cache.note_update(env.evpid)
+        if not self._cache.contains(env.evpid) and not self._exists(Kind.ENVELOPE, env.evpid):
+            raise NotFound(Kind.ENVELOPE, env.evpid)  # never resurrect a removed one
+        data = dump_envelope(env)
+        self.backend.put(Kind.ENVELOPE, env.evpid, self._encode(Kind.ENVELOPE, env.evpid, [data]))
+        self._cache.put(env)
+
+    def envelope_delete(self, evpid: int, *, keep_message: bool = False) -> bool:
+        """Remove an envelope; unless ``keep_message``, the message goes with
+        its last envelope. Returns True when the message was removed too.
+        (Create a bounce envelope before removing the one it reports on.)"""
+        msgid = evpid_to_msgid(evpid)
+        self._cache.evict(evpid)
+        if not self.backend.delete(Kind.ENVELOPE, evpid):
+            raise NotFound(Kind.ENVELOPE, evpid)
+        if keep_message or self.message_envelopes(msgid):
+            return False
+        self.backend.delete(Kind.MESSAGE, msgid)
+        return True
+
+    # --- corruption, recovery, walking -----------------------------------------
+
+    def corrupt(self, msgid: int, reason: str) -> None:
+        """Move a message and its envelopes aside to corrupt/, with the reason."""
+        log.warning("queue: message %08x moved to corrupt: %s", msgid, reason)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.backend.put(Kind.CORRUPT_REASON, msgid, f"{stamp} {reason}\n".encode())
+        for evpid in self.message_envelopes(msgid):
+            with contextlib.suppress(BlobNotFound), self.backend.get(Kind.ENVELOPE, evpid) as src:
+                self.backend.put(Kind.CORRUPT_ENVELOPE, evpid, src)
+            self.backend.delete(Kind.ENVELOPE, evpid)
+        with contextlib.suppress(BlobNotFound), self.backend.get(Kind.MESSAGE, msgid) as src:
+            self.backend.put(Kind.CORRUPT_MESSAGE, msgid, src)
+        self.backend.delete(Kind.MESSAGE, msgid)
+        self._cache.evict_message(msgid)
+
+    def recover(self) -> RecoverReport:
+        """Start-up clean-up after a crash (see the module docstring)."""
+        self._pending.clear()
+        incoming = clear_dir(self._incoming)
+        clear_dir(self._purge)
+        for leftover in self._temporary.glob("dlv.*"):
+            leftover.unlink(missing_ok=True)
+        orphan_envs = orphan_msgs = 0
+        # Merge-join the two sorted id streams: constant memory for any spool size.
+        messages = self.backend.list(Kind.MESSAGE)
+        current_msg = next(messages, None)
+        with_envelopes: int | None = None
+        for evpid in self.backend.list(Kind.ENVELOPE):
+            msgid = evpid >> 32
+            while current_msg is not None and current_msg < msgid:
+                if current_msg != with_envelopes:
+                    self.backend.delete(Kind.MESSAGE, current_msg)
+                    orphan_msgs += 1
+                current_msg = next(messages, None)
+            if current_msg == msgid:
+                with_envelopes = msgid
+            else:
+                self.backend.delete(Kind.ENVELOPE, evpid)
+                orphan_envs += 1
+        while current_msg is not None:
+            if current_msg != with_envelopes:
+                self.backend.delete(Kind.MESSAGE, current_msg)
+                orphan_msgs += 1
+            current_msg = next(messages, None)
+        report = RecoverReport(incoming, orphan_envs, orphan_msgs)
+        if incoming or orphan_envs or orphan_msgs:
+            log.info(
+                "queue: recovered: %d incoming, %d orphan envelopes, %d orphan messages removed",
+                incoming, orphan_envs, orphan_msgs,
+            )
+        return report
+
+    def walk(
+        self, on_corrupt: Callable[[QueueCorrupt], None] | None = None
+    ) -> Iterator[Envelope]:
+        """Every committed envelope exactly once, in evpid order, even while the
+        spool changes: the cursor only moves forward (an evpid is never yielded
+        twice), the backend lists each directory when it reaches it (every
+        envelope present throughout is seen). A corrupt envelope moves its
+        message to corrupt/ and is reported to ``on_corrupt``; the walk goes on."""
+        cursor = 0
+        for evpid in self.backend.list(Kind.ENVELOPE):
+            if evpid <= cursor:
+                continue
+            try:
+                env = self.envelope_load(evpid)
+            except NotFound:
+                continue  # removed since the directory was listed
+            except QueueCorrupt as exc:
+                self.corrupt(evpid >> 32, str(exc))
+                cursor = (evpid >> 32 << 32) | _LAST
+                if on_corrupt is not None:
+                    on_corrupt(exc)
+                continue
+            cursor = evpid
+            yield env
+
+    def rewrite_all(self) -> int:
+        """Rewrite every message and envelope with the current settings (key
+        rotation, turning compression or encryption on or off). Offline use:
+        ``smtpd`` stopped, or before the queue process starts serving."""
+        count = 0
+        for msgid in list(self.backend.list(Kind.MESSAGE)):
+            try:
+                # Decoding to a temporary file first: a corrupt message is
+                # detected before anything replaces the stored copy.
+                with (
+                    self.message_open(msgid) as plain,
+                    tempfile.TemporaryFile(dir=self._temporary) as tmp,
+                ):
+                    while chunk := plain.read(READ_CHUNK):
+                        tmp.write(chunk)
+                    tmp.seek(0)
+                    self.backend.put(
+                        Kind.MESSAGE, msgid, self._encode(Kind.MESSAGE, msgid, iter_source(tmp))
+                    )
+                count += 1
+                for evpid in self.message_envelopes(msgid):
+                    env = self._read_envelope(evpid)
+                    self._cache.evict(evpid)
+                    self.envelope_update(env)
+                    count += 1
+            except QueueCorrupt as exc:
+                self.corrupt(msgid, str(exc))
+        return count
+
+    def stats(self) -> dict[str, int]:
+        return self._cache.as_stats()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,130 @@
+"""The ``fs`` queue backend: blobs as files in upstream's spool layout.
+
+It stores whatever bytes the front gives it (gzip, encrypted or plain) and
+never interprets them. Every ``put`` and ``delete`` is durable when it
+returns (spool.py). ``list`` walks one directory at a time in id order, so a
+walk sees a fresh listing of each directory when it reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
+from smtpd.queue.spool import (
+    prepare_spool,
+    rmdir_if_empty,
+    unlink_durable,
+    write_durable,
+)
+
+_BUCKET_RE = re.compile(r"[0-9a-f]{2}")
+_MSGID_RE = re.compile(r"[0-9a-f]{8}")
+_EVPID_RE = re.compile(r"[0-9a-f]{16}")
+_MSG_KINDS = (Kind.MESSAGE, Kind.CORRUPT_MESSAGE, Kind.CORRUPT_REASON)
+_FILE_NAMES = {
+    Kind.MESSAGE: "message",
+    Kind.CORRUPT_MESSAGE: "message",
+    Kind.CORRUPT_REASON: "reason",
+}
+
+
+def _sorted_names(path: Path, pattern: re.Pattern[str]) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    # Lower-case fixed-width hex sorts as the numbers do.
+    return sorted(n for n in names if pattern.fullmatch(n))
+
+
+class FsBackend:
+    """Opaque blobs under ``root`` (the spool directory)."""
+
+    name = "fs"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        prepare_spool(self.root)
+        self._queue = self.root / "queue"
+        self._corrupt = self.root / "corrupt"
+        self._tmp = self.root / "temporary"
+        for leftover in self._tmp.glob("put.*"):
+            leftover.unlink(missing_ok=True)  # a put interrupted by a crash
+
+    # --- paths ------------------------------------------------------------
+
+    def _msg_dir(self, kind: Kind, msgid: int) -> Path:
+        if not 0 < msgid <= 0xFFFFFFFF:
+            raise ValueError(f"invalid msgid {msgid:#x}")
+        if kind in (Kind.MESSAGE, Kind.ENVELOPE):
+            return self._queue / f"{msgid >> 24:02x}" / f"{msgid:08x}"
+        return self._corrupt / f"{msgid:08x}"
+
+    def path(self, kind: Kind, oid: int) -> Path:
+        """Where a blob lives (for tests and offline tools)."""
+        if kind is Kind.KEYCHECK:
+            if oid != 0:
+                raise ValueError("keycheck id must be 0")
+            return self._queue / "keycheck"
+        if kind in _MSG_KINDS:
+            return self._msg_dir(kind, oid) / _FILE_NAMES[kind]
+        if not 0 < oid <= 0xFFFFFFFFFFFFFFFF or oid & 0xFFFFFFFF == 0:
+            raise ValueError(f"invalid evpid {oid:#x}")
+        return self._msg_dir(kind, oid >> 32) / f"{oid:016x}"
+
+    # --- the blob API -----------------------------------------------------
+
+    def put(self, kind: Kind, oid: int, data: BlobSource) -> int:
+        target = self.path(kind, oid)
+        return write_durable(target, iter_source(data), self._tmp, self.root)
+
+    def get(self, kind: Kind, oid: int) -> BinaryIO:
+        try:
+            return open(self.path(kind, oid), "rb")  # the caller closes it
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(kind, oid) from None
+
+    def delete(self, kind: Kind, oid: int) -> bool:
+        target = self.path(kind, oid)
+        gone = unlink_durable(target)
+        if gone and kind is not Kind.KEYCHECK:
+            rmdir_if_empty(target.parent)
+        return gone
+
+    def list(self, kind: Kind, *, after: int = -1) -> Iterator[int]:
+        """Ids of ``kind`` greater than ``after``, ascending, lazily."""
+        if kind is Kind.KEYCHECK:
+            if after < 0 and self.path(kind, 0).is_file():
+                yield 0
+            return
+        per_evp = kind in (Kind.ENVELOPE, Kind.CORRUPT_ENVELOPE)
+        start_msgid = max(after, 0) >> 32 if per_evp else max(after, 0)
+        for msgid, mdir in self._msg_dirs(kind, start_msgid):
+            if per_evp:
+                for name in _sorted_names(mdir, _EVPID_RE):
+                    evpid = int(name, 16)
+                    if evpid > after and evpid >> 32 == msgid and evpid & 0xFFFFFFFF:
+                        yield evpid
+            elif msgid > after and (mdir / _FILE_NAMES[kind]).is_file():
+                yield msgid
+
+    def _msg_dirs(self, kind: Kind, start: int) -> Iterator[tuple[int, Path]]:
+        if kind in (Kind.MESSAGE, Kind.ENVELOPE):
+            for bucket in _sorted_names(self._queue, _BUCKET_RE):
+                b = int(bucket, 16)
+                if b < start >> 24:
+                    continue
+                for name in _sorted_names(self._queue / bucket, _MSGID_RE):
+                    msgid = int(name, 16)
+                    if msgid >= start and msgid >> 24 == b and msgid:
+                        yield msgid, self._queue / bucket / name
+        else:
+            for name in _sorted_names(self._corrupt, _MSGID_RE):
+                msgid = int(name, 16)
+                if msgid >= start and msgid:
+                    yield msgid, self._corrupt / name

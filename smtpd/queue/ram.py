@@ -1,0 +1,35 @@
+"""The ``ram`` queue backend: blobs in a dict, for tests and throwaway queues."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
+
+
+class RamBackend:
+    name = "ram"
+
+    def __init__(self) -> None:
+        self._blobs: dict[tuple[Kind, int], bytes] = {}
+
+    def put(self, kind: Kind, oid: int, data: BlobSource) -> int:
+        blob = b"".join(iter_source(data))
+        self._blobs[kind, oid] = blob  # one assignment: atomic replace
+        return len(blob)
+
+    def get(self, kind: Kind, oid: int) -> BinaryIO:
+        try:
+            return io.BytesIO(self._blobs[kind, oid])
+        except KeyError:
+            raise BlobNotFound(kind, oid) from None
+
+    def delete(self, kind: Kind, oid: int) -> bool:
+        return self._blobs.pop((kind, oid), None) is not None
+
+    def list(self, kind: Kind, *, after: int = -1) -> Iterator[int]:
+        # A sorted snapshot: safe against changes during iteration.
+        ids = sorted(oid for k, oid in self._blobs if k is kind and oid > after)
+        yield from ids

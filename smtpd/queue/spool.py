@@ -1,0 +1,133 @@
+"""The on-disk spool: directory layout, modes and durable file operations.
+
+Layout as upstream (COMPAT.md)::
+
+    <root>/incoming/<msgid>/message     messages being received (front)
+    <root>/queue/<bb>/<msgid>/message   committed message, bb = first 2 hex
+    <root>/queue/<bb>/<msgid>/<evpid>   one envelope per recipient
+    <root>/queue/keycheck               encryption key-check file
+    <root>/corrupt/<msgid>/...          moved aside, with a ``reason`` file
+    <root>/purge/                       directories being removed
+    <root>/temporary/                   temp files before their atomic rename
+    <root>/offline/                     offline enqueue drop (0770)
+
+Durability (DESIGN.md §4): write a temp file, fsync it, rename it into
+place, fsync the directory; a directory created on the way is fsynced in its
+parent too, or a crash could forget the new directory with the file in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+DIR_MODE = 0o700
+OFFLINE_MODE = 0o770
+FILE_MODE = 0o600
+SPOOL_DIRS = ("incoming", "queue", "corrupt", "purge", "temporary")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dir_durable(path: Path, stop: Path, mode: int = DIR_MODE) -> None:
+    """mkdir -p ``path`` below ``stop``, fsyncing the parent of each new dir."""
+    if path.is_dir():
+        return
+    if path.parent != stop and path.parent != path:
+        make_dir_durable(path.parent, stop, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    fsync_dir(path.parent)
+
+
+def prepare_spool(root: Path) -> None:
+    """Create the spool directories with their modes (idempotent)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in SPOOL_DIRS:
+        d = root / name
+        d.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(d, DIR_MODE)
+    offline = root / "offline"
+    offline.mkdir(mode=OFFLINE_MODE, exist_ok=True)
+    os.chmod(offline, OFFLINE_MODE)
+
+
+def write_durable(target: Path, chunks: Iterable[bytes], tmpdir: Path, stop: Path) -> int:
+    """Atomically replace ``target`` with ``chunks``; durable when it returns.
+
+    ``tmpdir`` must be on the same filesystem (the spool's temporary/).
+    Returns the number of bytes written.
+    """
+    tmp = tmpdir / f"put.{secrets.token_hex(8)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb", closefd=True) as f:
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        make_dir_durable(target.parent, stop)
+        os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+    return size
+
+
+def unlink_durable(path: Path) -> bool:
+    """Remove a file and fsync its directory; False if it did not exist."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
+
+
+def rmdir_if_empty(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+
+
+def remove_tree(path: Path, purge: Path) -> None:
+    """Remove a directory atomically: rename into purge/, then delete it."""
+    victim = purge / f"{path.name}.{secrets.token_hex(4)}"
+    try:
+        os.rename(path, victim)
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)
+    shutil.rmtree(victim, ignore_errors=True)
+
+
+def clear_dir(path: Path) -> int:
+    """Remove everything inside ``path``; returns how many entries went."""
+    count = 0
+    for entry in list(os.scandir(path)):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+        count += 1
+    return count
