@@ -1,0 +1,308 @@
+"""Directives other than listen/action/match: table, pki, ca, queue, smtp,
+bounce, mda, mta, srs, admd, scheduler, filter, proc and our ``control``."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from smtpd.config import model
+from smtpd.config.builder import KNOWN_BACKENDS, Builder, parse_size
+from smtpd.config.cursor import Cursor, StatementError, did_you_mean
+
+# upstream res_hnok(): a host name; pki/ca names are host names or "*"
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
+
+
+def parse_table(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    name = b.name_arg(cur, "table name")
+    if name in b.tables:
+        raise StatementError(where, f'table "{name}" already defined at {b.tables[name].source}')
+    if cur.is_punct("{"):
+        entries, kind = b.inline_entries(cur)
+        cur.expect_end()
+        b.tables[name] = model.TableDef(
+            name=name, backend="static", config=None, source=where, entries=entries, kind=kind
+        )
+        return
+    spec_tok = cur.peek()
+    spec = cur.value("table backend or path")
+    cur.expect_end()
+    backend, config = _split_table_spec(spec)
+    if backend not in KNOWN_BACKENDS:
+        raise StatementError(
+            spec_tok.where,
+            f'table "{name}": unknown backend "{backend}"' + did_you_mean(backend, KNOWN_BACKENDS),
+        )
+    if backend in ("file", "sqlite", "db") and not config:
+        raise StatementError(spec_tok.where, f'table "{name}": {backend} needs a path')
+    if backend == "getpwnam" and config:
+        raise StatementError(spec_tok.where, f'table "{name}": getpwnam takes no argument')
+    if backend not in ("file", "static", "sqlite", "getpwnam"):
+        b.unsupported(spec_tok.where, f'table backend "{backend}"')
+    if backend == "static":
+        backend = "file"
+    b.tables[name] = model.TableDef(
+        name=name, backend=backend, config=b.abspath(config) if config else None, source=where
+    )
+
+
+def _split_table_spec(spec: str) -> tuple[str, str | None]:
+    """``[type:]path``: a bare path is a file table; a bare backend name
+    (getpwnam) takes no path."""
+    if spec.startswith(("/", ".", "~")):
+        return "file", spec
+    head, sep, tail = spec.partition(":")
+    if sep:
+        return head, tail
+    if spec in KNOWN_BACKENDS:
+        return spec, None
+    return "file", spec
+
+
+def _host_name(cur: Cursor, what: str) -> str:
+    tok = cur.peek()
+    name = cur.value(what)
+    if name != "*" and not _HOSTNAME.match(name):
+        raise StatementError(tok.where, f"not a valid domain name: {name}")
+    return name.lower()
+
+
+def parse_pki(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    name = _host_name(cur, "pki name")
+    pki = b.pkis.get(name) or model.Pki(name=name, source=where)
+    if cur.at_end():
+        raise cur.unexpected(expected=("cert", "key", "dhe"))
+    while not cur.at_end():
+        opt = cur.expect("cert", "key", "dhe")
+        if opt == "cert":
+            pki = dataclasses.replace(pki, cert=b.abspath(cur.value("certificate file")))
+        elif opt == "key":
+            pki = dataclasses.replace(pki, key=b.abspath(cur.value("key file")))
+        else:
+            tok = cur.peek()
+            dhe = cur.value("dhe parameter").lower()
+            if dhe not in ("none", "auto", "legacy"):
+                raise StatementError(tok.where, f"invalid DHE keyword: {dhe}")
+            pki = dataclasses.replace(pki, dhe=dhe)
+    b.pkis[name] = pki
+
+
+def parse_ca(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    name = _host_name(cur, "ca name")
+    cur.expect("cert")
+    cert = b.abspath(cur.value("ca file"))
+    cur.expect_end()
+    b.cas[name] = model.Ca(name=name, source=where, cert=cert)
+
+
+def parse_queue(cur: Cursor, b: Builder) -> None:
+    opts = ("compression", "compress", "encryption", "encrypt", "ttl", "path")
+    opt = cur.expect(*opts)
+    q = b.queue
+    if opt in ("compression", "compress"):
+        q = dataclasses.replace(q, compression=True)
+    elif opt in ("encryption", "encrypt"):
+        key: str | None = None
+        if not cur.at_end():
+            key = cur.value("encryption key")
+            if key.lower() in ("stdin", "-"):
+                key = "stdin"
+        q = dataclasses.replace(q, encryption=True, encryption_key=key)
+    elif opt == "ttl":
+        q = dataclasses.replace(q, ttl=b.delay_arg(cur, "ttl delay"))
+    else:
+        q = dataclasses.replace(q, path=b.abspath(cur.value("queue path")))
+    cur.expect_end()
+    b.queue = q
+
+
+def parse_control(cur: Cursor, b: Builder) -> None:
+    cur.expect("socket")
+    b.control_socket = b.abspath(cur.value("control socket path"))
+    cur.expect_end()
+
+
+def parse_smtp(cur: Cursor, b: Builder) -> None:
+    opt = cur.expect("limit", "ciphers", "max-message-size", "sub-addr-delim")
+    s = b.smtp
+    if opt == "limit":
+        if cur.at_end():
+            raise cur.unexpected(expected=("max-mails", "max-rcpt"))
+        while not cur.at_end():
+            which = cur.expect("max-mails", "max-rcpt")
+            n = b.number_arg(cur, f"{which} limit", low=1)
+            if which == "max-mails":
+                s = dataclasses.replace(s, max_mails=n)
+            else:
+                s = dataclasses.replace(s, max_rcpt=n)
+    elif opt == "ciphers":
+        s = dataclasses.replace(s, ciphers=cur.value("cipher list"))
+    elif opt == "max-message-size":
+        tok = cur.peek()
+        text = cur.value("size")
+        size = parse_size(text)
+        if size is None:
+            raise StatementError(tok.where, f"invalid size: {text}")
+        s = dataclasses.replace(s, max_message_size=size)
+    else:
+        tok = cur.peek()
+        delim = cur.value("delimiter")
+        if len(delim) != 1:
+            raise StatementError(tok.where, "subaddressing-delimiter must be one character")
+        if delim.isspace() or not delim.isprintable() or delim == "@" or not delim.isascii():
+            raise StatementError(tok.where, "sub-addr-delim uses invalid character")
+        s = dataclasses.replace(s, sub_addr_delim=delim)
+    cur.expect_end()
+    b.smtp = s
+
+
+def parse_bounce(cur: Cursor, b: Builder) -> None:
+    cur.expect("warn-interval")
+    delays = [b.delay_arg(cur, "bounce delay")]
+    while cur.accept_punct(","):
+        delays.append(b.delay_arg(cur, "bounce delay"))
+    cur.expect_end()
+    if len(delays) > 4:  # upstream MAX_BOUNCE_WARN
+        raise cur.error("at most four bounce warn-interval delays")
+    b.bounce_warn = tuple(sorted(delays))
+
+
+def parse_mda(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    opt = cur.expect("wrapper", "limit")
+    if opt == "limit":
+        _limits(cur, b, "mda limit", ("max-session", "max-session-per-user", "task-lowat",
+                                      "task-hiwat", "task-release"))
+        b.unsupported(where, "mda limit")
+        return
+    name = cur.value("wrapper name")
+    command = cur.value("wrapper command")
+    cur.expect_end()
+    if name in b.wrappers:
+        raise StatementError(where, f"mda wrapper already declared with that name: {name}")
+    b.wrappers[name] = command
+    b.wrapper_sources[name] = where
+
+
+def _limits(cur: Cursor, b: Builder, what: str, keys: tuple[str, ...]) -> None:
+    if cur.at_end():
+        raise cur.unexpected(expected=keys)
+    while not cur.at_end():
+        if cur.accept("inet4") or cur.accept("inet6"):
+            continue
+        tok = cur.peek()
+        key = cur.value(f"{what} keyword")
+        if keys and key not in keys:
+            raise StatementError(
+                tok.where, f"invalid {what} keyword: {key}" + did_you_mean(key, keys)
+            )
+        b.number_arg(cur, f"{what} {key}")
+
+
+def parse_mta(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    opt = cur.expect("max-deferred", "limit")
+    if opt == "max-deferred":
+        b.mta_max_deferred = b.number_arg(cur, "max-deferred", low=1)
+        cur.expect_end()
+        return
+    if cur.accept("for"):
+        cur.expect("domain")
+        cur.value("domain")
+    _limits(cur, b, "mta limit", ())
+    b.unsupported(where, "mta limit")
+
+
+def parse_scheduler(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    cur.expect("limit")
+    _limits(cur, b, "scheduler limit", ("max-inflight", "max-evp-batch-size",
+                                        "max-msg-batch-size", "max-schedule"))
+    b.unsupported(where, "scheduler limit")
+
+
+def parse_srs(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    opt = cur.expect("key", "ttl")
+    if opt == "key":
+        if cur.accept("backup"):
+            b.srs_key_backup = cur.value("srs key")
+        else:
+            b.srs_key = cur.value("srs key")
+    else:
+        ttl = b.delay_arg(cur, "srs ttl")
+        if ttl < 86400:
+            raise StatementError(where, "ttl delay is too short (at least one day)")
+        b.srs_ttl = ttl
+    cur.expect_end()
+    b.unsupported(where, "srs")
+
+
+def parse_admd(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    admd = cur.value("authservid")
+    cur.expect_end()
+    if not admd.isprintable():
+        raise StatementError(where, "not a valid admd")
+    b.admd = admd
+
+
+def _proc_params(cur: Cursor) -> dict[str, str]:
+    params: dict[str, str] = {}
+    while not cur.at_end():
+        opt = cur.expect("user", "group", "chroot", "stats")
+        if opt in params:
+            raise cur.error(f"{opt} already specified for this processor")
+        params[opt] = "" if opt == "stats" else cur.value(opt)
+    return params
+
+
+def parse_proc(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    name = cur.value("proc name")
+    command = cur.value("proc command")
+    params = _proc_params(cur)
+    if name in b.procs:
+        raise StatementError(where, f"processor already exists with that name: {name}")
+    b.procs[name] = model.Proc(name=name, command=command, source=where,
+                               user=params.get("user"), group=params.get("group"),
+                               chroot=params.get("chroot"))
+    b.unsupported(where, "proc")
+
+
+def parse_filter(cur: Cursor, b: Builder) -> None:
+    where = cur.where
+    name = cur.value("filter name")
+    kind = cur.expect("proc", "proc-exec", "phase", "chain")
+    if name in b.filters:
+        raise StatementError(where, f"filter already exists with that name: {name}")
+    argument = ""
+    chain: tuple[str, ...] = ()
+    if kind == "proc":
+        argument = cur.value("proc name")
+        b.ref("proc", argument, where)
+        cur.expect_end()
+    elif kind == "proc-exec":
+        argument = cur.value("filter command")
+        _proc_params(cur)
+    elif kind == "chain":
+        entries, tkind = b.inline_entries(cur)
+        if tkind is not model.TableEntryKind.LIST:
+            raise StatementError(where, "syntax error: a filter chain is a list of names")
+        chain = tuple(k for k, _ in entries)
+        for element in chain:
+            b.ref("filter", element, where)
+        cur.expect_end()
+    else:
+        # phase PHASE match CONDITIONS DECISION: kept as text until filters exist
+        words = []
+        while not cur.at_end():
+            words.append(cur.take().value)
+        argument = " ".join(words)
+    b.filters[name] = model.Filter(name=name, kind=kind, source=where, argument=argument,
+                                   chain=chain)
+    b.unsupported(where, "filter")
