@@ -101,10 +101,12 @@ class DotReader:
             self.done = True
             return
         self._prev_crlf = ends_crlf
-        if not ends_crlf or b"\r" in body:
-            self._fail(R.BARE_LINE_ENDING)
+        # Length first: a long line seen in pieces is skipped unread, so its
+        # bare CRs are unknown; the error must not depend on the chunking.
         if len(line) > self._max_line:
             self._fail(R.DATA_LINE_TOO_LONG)
+        if not ends_crlf or b"\r" in body:
+            self._fail(R.BARE_LINE_ENDING)
         if body.startswith(b"."):
             body = body[1:]
         self._emit(body + b"\n", out)
@@ -132,5 +134,9 @@ class DotReader:
             self.error = reply
 
     def final_error(self) -> Reply | None:
-        """The reply that refuses the message, if any (size first)."""
-        return R.MESSAGE_TOO_BIG if self.too_big else self.error
+        """The reply that refuses the message, if any.  A syntax error wins
+        over the size: bytes of a skipped over-long line are not counted, so
+        ``size`` and ``too_big`` are exact only when there is no error."""
+        if self.error is not None:
+            return self.error
+        return R.MESSAGE_TOO_BIG if self.too_big else None
