@@ -12,7 +12,14 @@ FIND_PYTHON = for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/py
 	    command -v $$p; exit 0; fi; done; \
 	echo "pysmtpd needs Python >= 3.12 (python3.13, python3.12 or one under ~/.pyenv/versions)" >&2; exit 1
 
-.PHONY: run test install clean lint
+.PHONY: run test install clean lint users
+
+# As root the daemon drops privileges to _smtpd and _smtpq (DESIGN.md §1):
+# create them once, as an installation would.
+users:
+	@if [ "$$(id -u)" = 0 ]; then for u in _smtpd _smtpq; do \
+	  id $$u >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/empty \
+	    --shell /usr/sbin/nologin $$u || exit 1; done; fi
 $(STAMP): pyproject.toml
 	@py=$$($(FIND_PYTHON)) || exit 1; \
 	  [ -x $(PY) ] || $$py -m venv $(VENV); \
@@ -21,7 +28,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) users
 	mkdir -p var
 	$(VENV)/bin/smtpd -d -f conf/smtpd.conf
 
@@ -29,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check imsg smtpd smtpctl tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint users
 	$(VENV)/bin/pytest
 
 clean:

@@ -1,0 +1,62 @@
+"""smtpctl [-s socket] command [argument ...]"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from smtpctl.client import ControlClient, ControlError
+from smtpctl.grammar import GrammarError, parse, usage
+from smtpctl.monitor import monitor
+
+DEFAULT_SOCKET = "/var/run/smtpd.sock"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = os.environ.get("SMTPCTL_SOCKET", DEFAULT_SOCKET)
+    if args[:1] == ["-s"]:
+        if len(args) < 2:
+            print(usage(), file=sys.stderr)
+            return 1
+        path = args[1]
+        args = args[2:]
+    elif args and args[0].startswith("-s") and len(args[0]) > 2:
+        path, args = args[0][2:], args[1:]
+    try:
+        command = parse(args)
+    except GrammarError as exc:
+        print(f"smtpctl: {exc}", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 1
+    try:
+        client = ControlClient(path)
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        if command.name == "monitor":
+            def fetch() -> list[str]:
+                status, out, err = client.run(["show", "stats"])
+                if status:
+                    raise ControlError("\n".join(err))
+                return out
+            try:
+                return monitor(fetch)
+            except KeyboardInterrupt:
+                return 0
+        status, out, err = client.run(args)
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    for line in out:
+        print(line)
+    for line in err:
+        print(line, file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

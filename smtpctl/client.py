@@ -1,0 +1,93 @@
+"""A blocking client for the control socket: hello, then one command at a time."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+from imsg import Frame, FrameReader
+from imsg.frame import encode as encode_frame
+from smtpd.msg import (
+    PROTOCOL_VERSION,
+    ClientCommand,
+    ClientDone,
+    ClientHello,
+    ClientLines,
+    Msg,
+    MsgError,
+    Proc,
+    check_route,
+    decode,
+    encode,
+)
+
+
+class ControlError(Exception):
+    pass
+
+
+class ControlClient:
+    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError as exc:
+            self.sock.close()
+            raise ControlError(f"smtpctl: connect: {path}: {exc.strerror}") from None
+        self.reader = FrameReader()
+        self.pending: list[Frame] = []
+        self._send(Msg.CLIENT_HELLO, encode(ClientHello(PROTOCOL_VERSION)))
+        reply = self._next()
+        if reply[0] is not Msg.CTL_CLIENT_HELLO:
+            raise ControlError("smtpctl: unexpected answer to hello")
+        server = reply[1]
+        assert isinstance(server, ClientHello)
+        if server.version != PROTOCOL_VERSION:
+            raise ControlError(
+                f"smtpctl: version mismatch with the running smtpd "
+                f"(client {PROTOCOL_VERSION:#x}, server {server.version:#x})")
+
+    def _send(self, msg: Msg, data: bytes) -> None:
+        self.sock.sendall(encode_frame(Frame(int(msg), data)))
+
+    def _next(self) -> tuple[Msg, object]:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ControlError("smtpctl: the daemon closed the connection")
+            self.pending += self.reader.feed(data)
+        frame = self.pending.pop(0)
+        try:
+            msg = check_route(frame.type, Proc.CONTROL, Proc.CLIENT)
+            return msg, decode(msg, frame.data)
+        except MsgError as exc:
+            raise ControlError(f"smtpctl: bad answer from the daemon: {exc}") from None
+
+    def command(self, words: list[str]) -> Iterator[tuple[bool, str] | int]:
+        """Yields (is_stderr, line) for each output line, then the exit status."""
+        self._send(Msg.CLIENT_COMMAND, encode(ClientCommand(list(words))))
+        while True:
+            msg, payload = self._next()
+            if isinstance(payload, ClientLines):
+                for line in payload.lines:
+                    yield (payload.stderr, line)
+            elif isinstance(payload, ClientDone):
+                yield payload.status
+                return
+            else:
+                raise ControlError(f"smtpctl: unexpected {msg.name}")
+
+    def run(self, words: list[str]) -> tuple[int, list[str], list[str]]:
+        out: list[str] = []
+        err: list[str] = []
+        status = 1
+        for item in self.command(words):
+            if isinstance(item, int):
+                status = item
+            else:
+                (err if item[0] else out).append(item[1])
+        return status, out, err
+
+    def close(self) -> None:
+        self.sock.close()

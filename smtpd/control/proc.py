@@ -1,0 +1,248 @@
+"""The control process: the smtpctl socket, stats aggregation, runtime switches.
+
+Clients on the 0666 control socket are untrusted (CVE-2025-62875): a bad frame
+or a bad command closes or answers that client and never the process.  Only
+root or the daemon's own uid may run commands that change something
+(SO_PEERCRED); anyone may read.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from imsg import Channel, Frame
+from smtpctl.grammar import Command, GrammarError, parse
+from smtpd.msg import (
+    CHILDREN,
+    PROTOCOL_VERSION,
+    ClientCommand,
+    ClientDone,
+    ClientHello,
+    ClientLines,
+    Empty,
+    LogVerbose,
+    Msg,
+    MsgError,
+    Proc,
+    StatUpdates,
+    TraceSet,
+    check_route,
+    decode,
+    encode,
+)
+from smtpd.proc import Child
+from smtpd.stat.backend import StatBackend, open_backend
+from smtpd.stat.kinds import StatUpdate
+from smtpd.trace import Profile, Trace, parse_profile, parse_trace
+
+MAX_LINES_PER_FRAME = 100
+ACCEPT_RETRY = 1.0
+
+
+def human_duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{days}d{hours}h{minutes}m{secs}s"
+
+
+class ClientSession:
+    def __init__(self, control: ControlProcess, sock: socket.socket) -> None:
+        self.control = control
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        self.pid, self.uid, self.gid = struct.unpack("3i", creds)
+        self.hello = False
+        self.channel = Channel(sock, name="client", on_frame=self.on_frame,
+                               on_close=self.on_close, loop=control.loop)
+
+    def on_frame(self, frame: Frame) -> None:
+        if frame.fd is not None:
+            os.close(frame.fd)
+            return self.drop("unexpected file descriptor")
+        try:
+            msg = check_route(frame.type, Proc.CLIENT, Proc.CONTROL)
+            payload = decode(msg, frame.data)
+        except MsgError as exc:
+            return self.drop(str(exc))
+        if msg is Msg.CLIENT_HELLO:
+            assert isinstance(payload, ClientHello)
+            self.channel.send(int(Msg.CTL_CLIENT_HELLO), encode(ClientHello(PROTOCOL_VERSION)))
+            if payload.version != PROTOCOL_VERSION:
+                self.reply(["smtpctl: version mismatch with the running smtpd: "
+                            f"client {payload.version:#x}, server {PROTOCOL_VERSION:#x}"],
+                           status=1, stderr=True)
+                return
+            self.hello = True
+            return
+        if not self.hello:
+            return self.drop("command before hello")
+        assert isinstance(payload, ClientCommand)
+        try:
+            command = parse(payload.words)
+        except GrammarError as exc:
+            self.reply([str(exc)], status=1, stderr=True)
+            return
+        if command.mutates and self.uid not in (0, os.geteuid()):
+            self.reply([f"smtpctl: permission denied: uid {self.uid} may only read"],
+                       status=1, stderr=True)
+            return
+        self.control.run_command(self, command)
+
+    def reply(self, lines: list[str], status: int = 0, stderr: bool = False) -> None:
+        for i in range(0, len(lines), MAX_LINES_PER_FRAME):
+            self.channel.send(int(Msg.CTL_CLIENT_LINES),
+                              encode(ClientLines(lines[i:i + MAX_LINES_PER_FRAME], stderr)))
+        self.channel.send(int(Msg.CTL_CLIENT_DONE), encode(ClientDone(status)))
+
+    def drop(self, reason: str) -> None:
+        self.control.log.warning("control: client uid %d dropped: %s", self.uid, reason)
+        self.channel.close()
+        self.on_close(self.channel, None)
+
+    def on_close(self, _channel: Channel, _exc: Exception | None) -> None:
+        if self in self.control.clients:
+            self.control.clients.discard(self)
+            self.control.stats.decrement("control.session")
+
+
+class ControlProcess(Child):
+    name = Proc.CONTROL
+    needs = frozenset({Proc.PARENT})
+    chrooted = True
+
+    def build(self) -> None:
+        self.started = time.time()
+        self.backend: StatBackend = open_backend("ramstat")
+        self.listen_sock: socket.socket | None = None
+        self.clients: set[ClientSession] = set()
+        self.paused: set[str] = set(self.options.paused)
+        self.handle(Proc.PARENT, Msg.PARENT_CONTROL_SOCKET_SEND, self._on_control_socket)
+        for proc in (Proc.PARENT, *CHILDREN):
+            if proc is not Proc.CONTROL:
+                self.handle(proc, Msg.ANY_STAT_UPDATE, self._on_stat_update)
+
+    # -- stats ------------------------------------------------------------
+
+    def _on_stat_update(self, payload: StatUpdates, _frame: Frame) -> None:
+        try:
+            updates = [StatUpdate.from_wire(item) for item in payload.updates]
+        except ValueError as exc:
+            raise MsgError(f"bad stat update: {exc}") from None
+        self.backend.apply(updates, time.time_ns())
+
+    def flush_stats(self) -> None:
+        # control is the stats sink: its own updates go straight to the backend
+        updates = self.stats.drain()
+        if updates:
+            self.backend.apply(updates, time.time_ns())
+
+    def stat_lines(self) -> list[str]:
+        uptime = int(time.time() - self.started)
+        lines = dict(self.backend.items())
+        lines["uptime"] = str(uptime)
+        lines["uptime.human"] = human_duration(uptime)
+        return [f"{k}={v}" for k, v in sorted(lines.items())]
+
+    # -- the socket -------------------------------------------------------
+
+    def _on_control_socket(self, _payload: Empty, frame: Frame) -> None:
+        assert frame.fd is not None
+        self.listen_sock = socket.socket(fileno=frame.fd)
+        self.listen_sock.setblocking(False)
+
+    def on_live(self) -> None:
+        self.stats.timestamp("control.started", self.started)
+        self.stats.set("control.session", 0)
+        self._resume_accept()
+
+    def _resume_accept(self) -> None:
+        if self.listen_sock is not None:
+            self.loop.add_reader(self.listen_sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self.listen_sock is not None
+        try:
+            sock, _ = self.listen_sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # Out of descriptors: stop accepting for a while, never die.
+                self.log.warning("control: cannot accept: %s; pausing accepts",
+                                 os.strerror(exc.errno))
+                self.loop.remove_reader(self.listen_sock.fileno())
+                self.loop.call_later(ACCEPT_RETRY, self._resume_accept)
+                return
+            raise
+        sock.setblocking(False)
+        session = ClientSession(self, sock)
+        self.clients.add(session)
+        self.stats.increment("control.session")
+        session.channel.start()
+
+    # -- commands ---------------------------------------------------------
+
+    def run_command(self, client: ClientSession, command: Command) -> None:
+        handler = getattr(self, "cmd_" + command.name, None)
+        if handler is None:
+            client.reply([f"smtpctl: {command.name.replace('_', ' ')}: not supported yet"],
+                         status=1, stderr=True)
+            return
+        handler(client, *command.args)
+
+    def _broadcast(self, msg: Msg, payload: Any) -> None:
+        for peer in self.channels:
+            self.send(peer, msg, payload)
+
+    def cmd_show_stats(self, client: ClientSession) -> None:
+        client.reply(self.stat_lines())
+
+    def cmd_show_status(self, client: ClientSession) -> None:
+        client.reply([f"{s.upper()} {'paused' if s in self.paused else 'running'}"
+                      for s in ("mda", "mta", "smtp")])
+
+    def cmd_log_verbose(self, client: ClientSession) -> None:
+        self._set_verbose(True)
+        client.reply(["logging request processed"])
+
+    def cmd_log_brief(self, client: ClientSession) -> None:
+        self._set_verbose(False)
+        client.reply(["logging request processed"])
+
+    def _set_verbose(self, verbose: bool) -> None:
+        from smtpd import log
+        log.set_verbose(verbose)
+        self._broadcast(Msg.CTL_LOG_VERBOSE, LogVerbose(verbose))
+
+    def _switch(self, client: ClientSession, msg: Msg, mask: int, enable: bool) -> None:
+        if msg is Msg.CTL_TRACE_SET:
+            self.traces = self.traces | Trace(mask) if enable else self.traces & ~Trace(mask)
+        else:
+            self.profiles = (self.profiles | Profile(mask) if enable
+                             else self.profiles & ~Profile(mask))
+        self._broadcast(msg, TraceSet(mask, enable))
+        client.reply(["command succeeded"])
+
+    def cmd_trace(self, client: ClientSession, name: str) -> None:
+        self._switch(client, Msg.CTL_TRACE_SET, int(parse_trace(name)), True)
+
+    def cmd_untrace(self, client: ClientSession, name: str) -> None:
+        self._switch(client, Msg.CTL_TRACE_SET, int(parse_trace(name)), False)
+
+    def cmd_profile(self, client: ClientSession, name: str) -> None:
+        self._switch(client, Msg.CTL_PROFILE_SET, int(parse_profile(name)), True)
+
+    def cmd_unprofile(self, client: ClientSession, name: str) -> None:
+        self._switch(client, Msg.CTL_PROFILE_SET, int(parse_profile(name)), False)
+
+    def cmd_monitor(self, client: ClientSession) -> None:
+        client.reply(self.stat_lines())
+
+    def cmd_stop(self, client: ClientSession) -> None:
+        self.send(Proc.PARENT, Msg.CTL_STOP, Empty())
+        client.reply(["Shutting down smtpd"])

@@ -1,0 +1,301 @@
+"""The privileged parent: binds sockets, forks+execs the children, wires their
+socketpairs, and supervises them (DESIGN.md §1).
+
+Signals follow gunicorn: handlers only wake the event loop; the work happens
+there.  SIGTERM/SIGINT stop every child in order and exit 0; a child that dies
+on its own stops the rest and the parent exits non-zero, naming the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from imsg import Frame
+from smtpd import __version__, privsep
+from smtpd.config.model import Config, Family, Listener, ListenerKind
+from smtpd.msg import CHILDREN, PEERS, Empty, ListenerSend, Msg, Proc
+from smtpd.node import Node
+from smtpd.options import Options
+
+# Order of an orderly stop: stop taking work first, keep the queue for last.
+STOP_ORDER = (Proc.CONTROL, Proc.SMTP, Proc.LOOKUP, Proc.SCHEDULER, Proc.QUEUE)
+STOP_GRACE = 1.5
+LISTEN_BACKLOG = 128
+FDS_ENV = "PYSMTPD_FDS"
+
+
+@dataclass
+class Child:
+    proc: Proc
+    popen: subprocess.Popen[bytes]
+    status: int | None = None
+
+
+class ParentError(Exception):
+    pass
+
+
+def describe_status(status: int) -> str:
+    if status < 0:
+        return f"killed by signal {signal.Signals(-status).name}"
+    return f"exited with status {status}"
+
+
+class Parent(Node):
+    name = Proc.PARENT
+    needs = frozenset(CHILDREN)
+
+    def __init__(self, options: Options, config: Config) -> None:
+        super().__init__(options.traces, options.profiles)
+        self.options = options
+        self.config = config
+        self.children: dict[Proc, Child] = {}
+        self.exit_status: int | None = None
+        self.listen_socks: list[tuple[Listener, socket.socket]] = []
+        self.control_sock: socket.socket | None = None
+        self.started = time.monotonic()
+
+    # -- set-up -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        root = privsep.is_root()
+        if root:
+            privsep.lookup_user(privsep.SMTPD_USER)
+            smtpq_id = privsep.lookup_user(privsep.SMTPQ_USER)
+        else:
+            self.log.warning("not running as root: no privilege separation, "
+                             "every process keeps uid %d", os.getuid())
+        prepare_spool(self.config.queue_path,
+                      (smtpq_id.uid, smtpq_id.gid) if root else None)
+        if root:
+            os.makedirs(empty_dir(self.config.queue_path), mode=0o755, exist_ok=True)
+            os.chmod(empty_dir(self.config.queue_path), 0o755)
+        self.control_sock = bind_control_socket(self.config.control_socket)
+        for listener in self.config.listeners:
+            for sock in bind_listener(listener):
+                self.listen_socks.append((listener, sock))
+                host, port = sock.getsockname()[:2]
+                self.log.info("listening on %s port %d", host, port)
+
+    def spawn(self) -> None:
+        pairs: dict[frozenset[Proc], tuple[socket.socket, socket.socket]] = {}
+        everyone = (Proc.PARENT, *CHILDREN)
+        for a, b in itertools.combinations(everyone, 2):
+            if b in PEERS[a]:
+                pairs[frozenset((a, b))] = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for proc in CHILDREN:
+            fds: dict[str, int] = {}
+            for key, (s1, s2) in pairs.items():
+                if proc in key:
+                    (other,) = key - {proc}
+                    mine = s1 if sorted(key)[0] == proc else s2
+                    fds[str(other)] = mine.fileno()
+            env = dict(os.environ)
+            env[FDS_ENV] = ",".join(f"{k}={v}" for k, v in fds.items())
+            argv = [sys.executable, "-m", "smtpd", "-x", str(proc), *self.options.child_argv()]
+            popen = subprocess.Popen(argv, pass_fds=list(fds.values()), env=env,
+                                     stdin=subprocess.DEVNULL)
+            self.children[proc] = Child(proc, popen)
+        for key, (s1, s2) in pairs.items():
+            if Proc.PARENT in key:
+                (child,) = key - {Proc.PARENT}
+                ours = s1 if sorted(key)[0] == Proc.PARENT else s2
+                theirs = s2 if ours is s1 else s1
+                theirs.close()
+                ours.setblocking(False)
+                self.attach(child, ours)
+            else:
+                s1.close()
+                s2.close()
+
+    def hand_over_sockets(self) -> None:
+        """Listeners to smtp and the control socket to control, by SCM_RIGHTS."""
+        for index, (_listener, sock) in enumerate(self.listen_socks):
+            host, port = sock.getsockname()[:2]
+            self.send(Proc.SMTP, Msg.PARENT_LISTENER_SEND, ListenerSend(index, host, port),
+                      fd=os.dup(sock.fileno()))
+        assert self.control_sock is not None
+        self.send(Proc.CONTROL, Msg.PARENT_CONTROL_SOCKET_SEND, Empty(),
+                  fd=os.dup(self.control_sock.fileno()))
+
+    # -- running ------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            from setproctitle import setproctitle
+            setproctitle("smtpd: parent")
+        except ImportError:  # pragma: no cover - a declared dependency
+            pass
+        self.log.info("info: pysmtpd %s starting", __version__)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop, 0)
+        self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        self.loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        self.handle(Proc.CONTROL, Msg.CTL_STOP, self._on_ctl_stop)
+        self.spawn()
+        self.hand_over_sockets()
+        self.start_channels()
+        self._reap()  # a child may have died before the handler was installed
+        await self.stopping.wait()
+        await self._stop_children()
+        return self.exit_status or 0
+
+    def on_live(self) -> None:
+        self.log.info("info: all processes ready")
+
+    def _on_ctl_stop(self, _payload: Any, _frame: Frame) -> None:
+        self.log.info("info: stop requested through smtpctl")
+        self.request_stop(0)
+
+    def _sighup(self) -> None:
+        self.log.info("info: SIGHUP received: configuration reload is not supported yet")
+
+    def request_stop(self, status: int) -> None:
+        if self.exit_status is None:
+            self.exit_status = status
+        self.stopping.set()
+
+    def peer_closed(self, peer: Proc, exc: Exception | None) -> None:
+        # The child's exit status, reaped on SIGCHLD, says more than the EOF.
+        if not self.stopping.is_set():
+            self.loop.call_later(0.05, self._reap)
+
+    def fatal_bug(self, peer: Proc, msg_type: int | None, reason: str) -> None:
+        self.log.critical("parent: imsg from %s type %s: %s", peer, msg_type, reason)
+        self.request_stop(1)
+
+    def _reap(self) -> None:
+        for child in self.children.values():
+            if child.status is not None:
+                continue
+            status = child.popen.poll()
+            if status is None:
+                continue
+            child.status = status
+            if not self.stopping.is_set():
+                self.log.critical("%s process (pid %d) %s, stopping", child.proc,
+                                  child.popen.pid, describe_status(status))
+                self.request_stop(1)
+
+    async def _stop_children(self) -> None:
+        for chan in self.channels.values():
+            chan.close()
+        for proc in STOP_ORDER:
+            child = self.children.get(proc)
+            if child and child.status is None and child.popen.poll() is None:
+                child.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            if all(c.popen.poll() is not None for c in self.children.values()):
+                break
+            await asyncio.sleep(0.02)
+        for child in self.children.values():
+            if child.popen.poll() is None:
+                self.log.warning("%s process (pid %d) did not stop, killing it",
+                                 child.proc, child.popen.pid)
+                child.popen.kill()
+                child.popen.wait()
+        self.log.info("info: exiting")
+
+
+def empty_dir(queue_path: str) -> str:
+    return os.path.join(queue_path, "empty")
+
+
+def prepare_spool(path: str, owner: tuple[int, int] | None) -> None:
+    """Create the spool as upstream lays it out: root 0711 with queue-owned
+    0700 subdirectories (COMPAT.md).  Unprivileged, everything is ours."""
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    if owner is not None:
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o711)
+    for sub in ("incoming", "queue", "corrupt", "purge", "temporary"):
+        d = os.path.join(path, sub)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        if owner is not None:
+            os.chown(d, *owner)
+    offline = os.path.join(path, "offline")
+    os.makedirs(offline, mode=0o770, exist_ok=True)
+    if owner is not None:
+        os.chown(offline, 0, owner[1])
+        os.chmod(offline, 0o1770)
+
+
+def bind_control_socket(path: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ParentError(f"control socket {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: nobody listens
+        else:
+            raise ParentError(f"control socket {path} is in use: is smtpd already running?")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o111)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    # 0666: any local user may connect; control checks SO_PEERCRED per command.
+    os.chmod(path, 0o666)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_listener(listener: Listener) -> list[socket.socket]:
+    """Bind one `listen on` directive: an address, a name or an interface."""
+    if listener.kind is ListenerKind.SOCKET:
+        return []  # the local enqueue socket is served by control (smtpctl/sendmail)
+    host: str | None = listener.interface
+    port = listener.port
+    family = {Family.INET4: socket.AF_INET, Family.INET6: socket.AF_INET6}.get(
+        listener.family, socket.AF_UNSPEC)
+    if host in ("any", "*", "0.0.0.0"):
+        host = None if family != socket.AF_UNSPEC else "0.0.0.0"
+    elif host in ("localhost", "lo", "lo0"):
+        host = "localhost"
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE | socket.AI_NUMERICSERV)
+    except socket.gaierror as exc:
+        raise ParentError(f"{listener.source}: cannot resolve {host}: {exc.strerror}") from None
+    socks = []
+    seen = set()
+    for fam, kind, proto, _canon, addr in infos:
+        if (fam, addr[:2]) in seen:
+            continue
+        seen.add((fam, addr[:2]))
+        sock = socket.socket(fam, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            raise ParentError(f"{listener.source}: cannot bind {addr[0]} port {port}: "
+                              f"{exc.strerror}") from None
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks

@@ -1,0 +1,141 @@
+"""What every child shares: the re-exec entry, privilege drop, process title,
+signals and the READY handshake (the handshake itself lives in node.Node).
+
+A child is started as `python -m smtpd -x NAME <flags>` with its socketpair ends
+named in the environment; it rebuilds its view from the configuration file,
+drops privileges, announces READY, and goes live when its needed peers have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import traceback
+from typing import Any
+
+from smtpd import privsep
+from smtpd.msg import Proc
+from smtpd.node import Node
+from smtpd.options import Options
+
+FDS_ENV = "PYSMTPD_FDS"
+# Test hook for the start-up race test: "queue=1.5" delays that child's start.
+START_DELAY_ENV = "PYSMTPD_TEST_START_DELAY"
+
+
+class Child(Node):
+    """Base of the five child processes."""
+
+    user = privsep.SMTPD_USER
+    chrooted = False  # chroot in the spool's empty directory once built
+
+    def __init__(self, options: Options, config: Any) -> None:
+        super().__init__(options.traces, options.profiles)
+        self.options = options
+        self.config = config
+
+    def build_privileged(self) -> None:
+        """State that needs root (keys, spool ownership); runs before the drop."""
+
+    def build(self) -> None:
+        """State built after the privilege drop, before READY."""
+
+    def chroot_dir(self) -> str | None:
+        if not self.chrooted:
+            return None
+        from smtpd.parent import empty_dir
+        return empty_dir(self.config.queue_path)
+
+    def peer_closed(self, peer: Proc, exc: Exception | None) -> None:
+        if self.stopping.is_set():
+            return
+        if exc is not None and not isinstance(exc, OSError):
+            self.fatal_bug(peer, None, f"channel error: {exc}")
+            return
+        # During an orderly stop the parent signals everyone at once; give our
+        # SIGTERM a moment to arrive so that a peer's exit is not an error.
+        self.loop.call_later(0.3, self._lost_peer, peer)
+
+    def _lost_peer(self, peer: Proc) -> None:
+        if not self.stopping.is_set():
+            self.log.warning("%s: lost %s, exiting", self.name, peer)
+            self.exit(1)
+
+    def terminate(self) -> None:
+        self.stopping.set()
+        self.on_stop()
+        self.exit(0)
+
+    def on_stop(self) -> None:
+        """Last words before exit(0) on SIGTERM."""
+
+
+def _registry() -> dict[str, type[Child]]:
+    from smtpd.control.proc import ControlProcess
+    from smtpd.lookup.proc import LookupProcess
+    from smtpd.queue.proc import QueueProcess
+    from smtpd.scheduler.proc import SchedulerProcess
+    from smtpd.smtp.proc import SmtpProcess
+
+    return {str(c.name): c for c in (ControlProcess, LookupProcess, QueueProcess,
+                                     SchedulerProcess, SmtpProcess)}
+
+
+def _start_delay(name: str) -> float:
+    for item in os.environ.get(START_DELAY_ENV, "").split(","):
+        proc, _, seconds = item.partition("=")
+        if proc == name:
+            return float(seconds)
+    return 0.0
+
+
+def _fatal_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    node: Node | None = context.get("_node")  # set below
+    exc = context.get("exception")
+    from smtpd import log
+    text = "".join(traceback.format_exception(exc)) if exc else context.get("message", "")
+    log.get().critical("unexpected error: %s", text.rstrip())
+    if node is not None:
+        node.exit(1)
+    os._exit(1)
+
+
+def run_child(options: Options, config: Any) -> int:
+    name = options.proc
+    assert name is not None
+    classes = _registry()
+    if name not in classes:
+        raise SystemExit(f"smtpd: unknown process {name!r}")
+    try:
+        from setproctitle import setproctitle
+        setproctitle(f"smtpd: {name}")
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    delay = _start_delay(name)
+    if delay:
+        time.sleep(delay)
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    node = classes[name](options, config)
+    loop.set_exception_handler(lambda lp, ctx: _fatal_handler(lp, {**ctx, "_node": node}))
+    for item in os.environ.pop(FDS_ENV, "").split(","):
+        if not item:
+            continue
+        peer, _, fd = item.partition("=")
+        sock = socket.socket(fileno=int(fd))
+        sock.setblocking(False)
+        node.attach(Proc(peer), sock)
+    node.build_privileged()
+    if privsep.is_root():
+        privsep.drop(privsep.lookup_user(node.user), node.chroot_dir())
+    node.build()
+    loop.add_signal_handler(signal.SIGTERM, node.terminate)
+    loop.add_signal_handler(signal.SIGINT, node.terminate)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    node.start_channels()
+    loop.run_until_complete(node.stopping.wait())
+    return 0

@@ -1,0 +1,1 @@
+"""Typed statistics: kinds, updates and the backends control keeps them in."""
