@@ -195,8 +195,9 @@ def expand_token(tok: Token, ctx: FormatContext, mda_command: str | None = None)
     if tok.name not in _TRUSTED:
         escape = RAW_ESCAPE if raw else ESCAPE
         value = "".join(":" if c in escape else c for c in value)
-        _check_safe(value, tok)
     value = _slice(value, tok.begin, tok.end)
+    if tok.name not in _TRUSTED:
+        _check_safe(value, tok)  # on the final value: a slice can make ".."
     if len(value) >= EXPAND_BUFFER:
         raise FormatError(f"%{{{tok.source}}}: value too long")
     return value
@@ -231,6 +232,8 @@ def expand_format(template: str, ctx: FormatContext, mda_command: str | None = N
     out: list[str] = []
     rest = template
     if rest.startswith("~/"):
+        if not ctx.directory.startswith("/"):
+            raise FormatError(f"~/ needs a home directory, user has {ctx.directory!r}")
         out.append(ctx.directory.rstrip("/") + "/")
         rest = rest[2:]
     for part in parse_template(rest):

@@ -125,12 +125,31 @@ def _lock(fd: int, deadline: float) -> None:
         time.sleep(_POLL)
 
 
-def _open_mbox(path: str) -> int:
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
+def _open_mbox(path: str, uid: int, gid: int) -> int:
+    """Open for append, creating it 0600 for the user; refuse anything odd.
+
+    As mail.local, this may run as root (the spool directory is usually
+    not writable by users): a new mailbox is then given to the user and
+    an existing one must already be theirs.  Unprivileged, the mailbox
+    must belong to the running user.  Never a symlink (O_NOFOLLOW), never
+    a file with other hard links (someone else's file linked in).
+    """
+    owner = uid if os.geteuid() == 0 else os.geteuid()
+    base = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, base | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = os.open(path, base)
+    else:
+        if os.geteuid() == 0:
+            try:
+                os.fchown(fd, uid, gid)
+            except OSError:
+                os.close(fd)
+                os.unlink(path)
+                raise
     st = os.fstat(fd)
-    # mail.local's checks: a regular file, not hard-linked elsewhere, ours.
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
         os.close(fd)
         raise PermissionError(errno.EPERM, "mailbox is not a private regular file", path)
     return fd
@@ -176,7 +195,7 @@ def _append(
     now: float | None,
 ) -> DeliveryResult:
     try:
-        fd = _open_mbox(path)
+        fd = _open_mbox(path, req.uid, req.gid)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return tempfail(f"451 4.2.0 mbox is a symbolic link: {path}")

@@ -104,3 +104,16 @@ def test_parse_template_keeps_literals() -> None:
     assert parts[0] == "a " and parts[1] == "%" and parts[2] == " b "
     tok = parts[3]
     assert not isinstance(tok, str) and tok.modifiers == ("lowercase", "strip")
+
+
+def test_slice_cannot_form_dotdot() -> None:
+    ctx = FormatContext("s@x", "a..b@y", "r@x", "u", "/h")
+    assert expand_format("%{rcpt.user[0:1]}", ctx) == "a."
+    with pytest.raises(FormatError):
+        expand_format("%{rcpt.user[1:2]}", ctx)
+
+
+def test_home_required_for_tilde() -> None:
+    ctx = FormatContext("s@x", "r@y", "r@x", "u", "")
+    with pytest.raises(FormatError):
+        expand_path("~/Maildir", ctx)

@@ -173,3 +173,18 @@ def test_hardlinked_mbox_refused(tmp_path: Path) -> None:
     res = deliver_mbox(req_factory(tmp_path)(), io.BytesIO(b"S: x\n\nb\n"), now=NOW)
     assert res.status is not DeliveryStatus.OK
     assert (tmp_path / "other").read_bytes() == b""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as mail.local")
+def test_root_creates_mailbox_for_the_user(tmp_path: Path) -> None:
+    req = req_factory(tmp_path)(uid=12345, gid=12346)
+    assert deliver_mbox(req, io.BytesIO(b"S: x\n\nb\n"), now=NOW).status is DeliveryStatus.OK
+    st = os.stat(tmp_path / "mbox")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (12345, 12346, 0o600)
+    # a second delivery appends to the user's mailbox
+    assert deliver_mbox(req, io.BytesIO(b"S: y\n\nb\n"), now=NOW).status is DeliveryStatus.OK
+    # someone else's file at that path is refused, untouched
+    other = req_factory(tmp_path)(uid=777, gid=777)
+    before = (tmp_path / "mbox").read_bytes()
+    assert deliver_mbox(other, io.BytesIO(b"S: z\n\nb\n"), now=NOW).status is not DeliveryStatus.OK
+    assert (tmp_path / "mbox").read_bytes() == before
