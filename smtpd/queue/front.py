@@ -53,7 +53,6 @@ from smtpd.queue.spool import DIR_MODE, FILE_MODE, clear_dir, prepare_spool, rem
 
 log = logging.getLogger("smtpd.queue")
 
-_LAST = 0xFFFFFFFF
 _DECODE_ERRORS = (DecryptError, CompressError)
 
 
@@ -402,24 +401,37 @@ class QueueFront:
         """Every committed envelope exactly once, in evpid order, even while the
         spool changes: the cursor only moves forward (an evpid is never yielded
         twice), the backend lists each directory when it reaches it (every
-        envelope present throughout is seen). A corrupt envelope moves its
-        message to corrupt/ and is reported to ``on_corrupt``; the walk goes on."""
+        envelope present throughout is seen). A message's envelopes are all
+        loaded before any is yielded: if one is corrupt, the message moves to
+        corrupt/, is reported to ``on_corrupt`` and none of it is yielded."""
         cursor = 0
+        batch: list[int] = []
         for evpid in self.backend.list(Kind.ENVELOPE):
             if evpid <= cursor:
                 continue
+            if batch and evpid >> 32 != batch[0] >> 32:
+                yield from self._walk_message(batch, on_corrupt)
+                batch = []
+            batch.append(evpid)
+            cursor = evpid
+        if batch:
+            yield from self._walk_message(batch, on_corrupt)
+
+    def _walk_message(
+        self, evpids: list[int], on_corrupt: Callable[[QueueCorrupt], None] | None
+    ) -> list[Envelope]:
+        envs = []
+        for evpid in evpids:
             try:
-                env = self.envelope_load(evpid)
+                envs.append(self.envelope_load(evpid))
             except NotFound:
-                continue  # removed since the directory was listed
+                continue  # removed since its directory was listed
             except QueueCorrupt as exc:
                 self.corrupt(evpid >> 32, str(exc))
-                cursor = (evpid >> 32 << 32) | _LAST
                 if on_corrupt is not None:
                     on_corrupt(exc)
-                continue
-            cursor = evpid
-            yield env
+                return []
+        return envs
 
     def rewrite_all(self) -> int:
         """Rewrite every message and envelope with the current settings (key

@@ -1,0 +1,122 @@
+"""The contract every registered queue backend passes (smtpd/queue/backend.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from smtpd.queue.backend import BACKENDS, BlobNotFound, Kind, QueueBackend, make_backend
+
+M1, M2, M3 = 0x0A000001, 0x0A000002, 0xF0000001
+E1, E2, E3 = (M1 << 32) | 1, (M1 << 32) | 0xFFFFFFFF, (M3 << 32) | 5
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> QueueBackend:
+    b = make_backend(request.param, tmp_path / "spool")
+    assert b.name == request.param
+    return b
+
+
+def read(b: QueueBackend, kind: Kind, oid: int) -> bytes:
+    with b.get(kind, oid) as f:
+        return f.read()
+
+
+def test_put_get_replace_delete(backend: QueueBackend) -> None:
+    assert backend.put(Kind.MESSAGE, M1, b"hello") == 5
+    assert read(backend, Kind.MESSAGE, M1) == b"hello"
+    backend.put(Kind.MESSAGE, M1, b"replaced")
+    assert read(backend, Kind.MESSAGE, M1) == b"replaced"
+    assert backend.delete(Kind.MESSAGE, M1) is True
+    assert backend.delete(Kind.MESSAGE, M1) is False
+    with pytest.raises(BlobNotFound):
+        backend.get(Kind.MESSAGE, M1)
+
+
+def test_kinds_are_separate_namespaces(backend: QueueBackend) -> None:
+    backend.put(Kind.MESSAGE, M1, b"m")
+    backend.put(Kind.CORRUPT_MESSAGE, M1, b"c")
+    backend.put(Kind.CORRUPT_REASON, M1, b"r")
+    backend.put(Kind.ENVELOPE, E1, b"e")
+    backend.put(Kind.CORRUPT_ENVELOPE, E1, b"ce")
+    backend.put(Kind.KEYCHECK, 0, b"k")
+    got = {k: read(backend, k, E1 if "envelope" in k else (0 if k is Kind.KEYCHECK else M1))
+           for k in Kind}
+    assert got == {Kind.MESSAGE: b"m", Kind.CORRUPT_MESSAGE: b"c", Kind.CORRUPT_REASON: b"r",
+                   Kind.ENVELOPE: b"e", Kind.CORRUPT_ENVELOPE: b"ce", Kind.KEYCHECK: b"k"}
+    assert list(backend.list(Kind.KEYCHECK)) == [0]
+    backend.delete(Kind.MESSAGE, M1)
+    assert read(backend, Kind.CORRUPT_MESSAGE, M1) == b"c"
+
+
+def test_missing(backend: QueueBackend) -> None:
+    for kind, oid in [(Kind.MESSAGE, M2), (Kind.ENVELOPE, E3), (Kind.KEYCHECK, 0)]:
+        with pytest.raises(BlobNotFound) as info:
+            backend.get(kind, oid)
+        assert info.value.kind is kind and info.value.oid == oid
+        assert backend.delete(kind, oid) is False
+        assert list(backend.list(kind)) == []
+
+
+def test_streaming_sources(backend: QueueBackend) -> None:
+    big = os.urandom(3 * 1024 * 1024 + 17)
+
+    def gen() -> Iterator[bytes]:
+        for i in range(0, len(big), 100_000):
+            yield big[i : i + 100_000]
+
+    assert backend.put(Kind.MESSAGE, M1, gen()) == len(big)
+    assert backend.put(Kind.MESSAGE, M2, io.BytesIO(big)) == len(big)
+    for m in (M1, M2):
+        with backend.get(Kind.MESSAGE, m) as f:
+            parts = []
+            while chunk := f.read(65536):
+                assert len(chunk) <= 65536
+                parts.append(chunk)
+        assert b"".join(parts) == big
+    assert backend.put(Kind.MESSAGE, M3, b"") == 0
+    assert read(backend, Kind.MESSAGE, M3) == b""
+
+
+def test_failed_put_keeps_old_blob(backend: QueueBackend) -> None:
+    backend.put(Kind.MESSAGE, M1, b"old")
+
+    def failing() -> Iterator[bytes]:
+        yield b"new partial"
+        raise RuntimeError("client went away")
+
+    with pytest.raises(RuntimeError):
+        backend.put(Kind.MESSAGE, M1, failing())
+    assert read(backend, Kind.MESSAGE, M1) == b"old"
+
+
+def test_list_sorted_with_cursor(backend: QueueBackend) -> None:
+    for e in (E3, E2, E1):
+        backend.put(Kind.ENVELOPE, e, b"x")
+    for m in (M3, M1, M2):
+        backend.put(Kind.MESSAGE, m, b"x")
+    assert list(backend.list(Kind.ENVELOPE)) == [E1, E2, E3]
+    assert list(backend.list(Kind.ENVELOPE, after=E1)) == [E2, E3]
+    assert list(backend.list(Kind.ENVELOPE, after=E2)) == [E3]
+    assert list(backend.list(Kind.ENVELOPE, after=M1 << 32)) == [E1, E2, E3]
+    assert list(backend.list(Kind.MESSAGE)) == [M1, M2, M3]
+    assert list(backend.list(Kind.MESSAGE, after=M1)) == [M2, M3]
+    assert list(backend.list(Kind.MESSAGE, after=M3)) == []
+
+
+def test_list_tolerates_changes(backend: QueueBackend) -> None:
+    ids = [(m << 32) | low for m in (M1, M2, M3) for low in (1, 2, 3)]
+    for e in ids:
+        backend.put(Kind.ENVELOPE, e, b"x")
+    seen = []
+    for e in backend.list(Kind.ENVELOPE):
+        seen.append(e)
+        backend.delete(Kind.ENVELOPE, e)  # delete what we just saw
+        backend.put(Kind.ENVELOPE, (M1 << 32) | 0x100 + len(seen), b"y")  # behind the cursor
+    assert seen == sorted(set(seen))
+    assert set(ids) <= set(seen)

@@ -1,0 +1,359 @@
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from smtpd.crypto.stream import CHUNK_SIZE
+from smtpd.queue.backend import BACKENDS, Kind, QueueBackend, make_backend
+from smtpd.queue.envelope import DeliveryType, Envelope, EnvelopeFlag
+from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError, WrongKey
+from smtpd.queue.front import QueueFront
+from smtpd.queue.fs import FsBackend
+
+KDF_N = 2**14  # the minimum accepted; keeps the tests fast
+BODY_MARK = b"PLAINTEXT-BODY-MARKER"
+RCPT_MARK = "secret-recipient"
+
+
+def make_env(rcpt: str = f"{RCPT_MARK}@example.net", **kw: object) -> Envelope:
+    base: dict[str, object] = dict(
+        evpid=0, type=DeliveryType.MDA, dispatcher="local_mail", sender="alice@example.org",
+        rcpt=rcpt, dest="bob", ctime=1_700_000_000, ttl=345600,
+        helo="client.example.org", hostname="client.example.org", sockaddr="192.0.2.1",
+        smtpname="mx.example.net", flags=EnvelopeFlag.AUTHENTICATED, mda_user="bob",
+    )
+    base.update(kw)
+    return Envelope(**base)  # type: ignore[arg-type]
+
+
+def message_bytes(size: int) -> bytes:
+    head = b"Received: from client (client [192.0.2.1])\n\tby mx with ESMTP\n" + BODY_MARK + b"\n"
+    filler = b"The quick brown fox jumps over the lazy dog. " + BODY_MARK + b"\n"
+    return (head + filler * (size // len(filler) + 1))[:size]
+
+
+def submit(front: QueueFront, data: bytes, rcpts: int = 2) -> tuple[int, list[int]]:
+    msgid = front.message_create()
+    fd = front.message_fd(msgid)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    evpids = [front.envelope_create(msgid, make_env(f"{RCPT_MARK}{i}@example.net"))
+              for i in range(rcpts)]
+    front.message_commit(msgid)
+    return msgid, sorted(evpids)
+
+
+Factory = Callable[..., QueueFront]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    spool = tmp_path / "spool"
+    backend: QueueBackend = make_backend(request.param, spool)
+
+    def make(**kw: object) -> QueueFront:
+        nonlocal backend
+        if request.param == "fs":  # a fresh backend, as after a restart
+            backend = make_backend("fs", spool)
+        kw.setdefault("kdf_n", KDF_N)
+        return QueueFront(backend, spool=spool, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+MODES = [(False, None), (True, None), (False, "k3y"), (True, "k3y")]
+
+
+@pytest.mark.parametrize(("compression", "key"), MODES)
+@pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 1_000_000])
+def test_round_trip_all_modes(factory: Factory, compression: bool, key: str | None,
+                              size: int) -> None:
+    front = factory(compression=compression, encryption_key=key)
+    data = message_bytes(size)
+    msgid, evpids = submit(front, data)
+    # A restarted front (new backend object on the same spool for fs) reads it all.
+    again = factory(compression=compression, encryption_key=key)
+    assert again.recover().incoming == 0
+    with again.message_open(msgid) as f:
+        assert f.read() == data
+    fd = again.message_fd_for_delivery(msgid)
+    try:
+        assert os.read(fd, size + 10) == data
+        with pytest.raises(OSError):
+            os.write(fd, b"x")  # read-only for the MDA
+    finally:
+        os.close(fd)
+    envs = list(again.walk())
+    assert [e.evpid for e in envs] == sorted(evpids)
+    assert sorted(envs, key=lambda e: e.rcpt) == [
+        make_env(f"{RCPT_MARK}{i}@example.net", evpid=e.evpid)
+        for i, e in enumerate(sorted(envs, key=lambda e: e.rcpt))
+    ]
+
+
+@pytest.mark.parametrize(("compression", "key"), MODES)
+def test_spool_files_on_disk(tmp_path: Path, compression: bool, key: str | None) -> None:
+    spool = tmp_path / "spool"
+    backend = FsBackend(spool)
+    front = QueueFront(backend, spool=spool, compression=compression, encryption_key=key,
+                       kdf_n=KDF_N)
+    msgid, evpids = submit(front, message_bytes(200_000))
+    msg_file = backend.path(Kind.MESSAGE, msgid)
+    assert msg_file == spool / "queue" / f"{msgid >> 24:02x}" / f"{msgid:08x}" / "message"
+    files = [msg_file] + [backend.path(Kind.ENVELOPE, e) for e in evpids]
+    for f in files:
+        assert f.is_file() and f.stat().st_mode & 0o777 == 0o600
+        head = f.read_bytes()[:2]
+        if key:
+            assert head[0] == 0x01
+        elif compression:
+            assert head == b"\x1f\x8b"
+    assert (spool / "queue").stat().st_mode & 0o777 == 0o700
+    assert (spool / "offline").stat().st_mode & 0o777 == 0o770
+    everything = b"".join(p.read_bytes() for p in spool.rglob("*") if p.is_file())
+    if key:
+        # No plaintext anywhere in the spool: body, recipients, envelope keys.
+        assert BODY_MARK not in everything
+        assert RCPT_MARK.encode() not in everything and b"evpid: " not in everything
+    else:
+        assert (BODY_MARK in everything) != compression
+    if compression and not key and shutil.which("gzip"):
+        out = subprocess.run(["gzip", "-dc", str(files[1])], capture_output=True, check=True,
+                             timeout=20)
+        assert out.stdout.startswith(b"version: 1\nevpid: ")
+        assert RCPT_MARK.encode() in out.stdout
+        out = subprocess.run(["gzip", "-dc", str(msg_file)], capture_output=True, check=True,
+                             timeout=20)
+        assert out.stdout == message_bytes(200_000)
+
+
+def test_incoming_fd_and_rollback(factory: Factory) -> None:
+    front = factory()
+    msgid = front.message_create()
+    path = front.message_path(msgid)
+    fd = front.message_fd(msgid)
+    os.write(fd, b"partial")
+    os.close(fd)
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(QueueError, match="already opened"):
+        front.message_fd(msgid)
+    with pytest.raises(QueueError, match="no envelopes"):
+        front.message_commit(msgid)
+    front.message_rollback(msgid)
+    assert not path.parent.exists()
+    with pytest.raises(NotFound):
+        front.message_commit(msgid)
+    with pytest.raises(NotFound):
+        front.message_open(msgid)
+    other = front.message_create()
+    front.envelope_create(other, make_env())
+    with pytest.raises(QueueError, match="no message data"):
+        front.message_commit(other)
+
+
+def test_recover_removes_crash_leftovers(factory: Factory) -> None:
+    front = factory(compression=True)
+    kept, kept_evps = submit(front, b"Received: x\n\nkept\n")
+    # A session cut short while receiving: incoming/ holds its data.
+    leftover = front.message_create()
+    os.close(front.message_fd(leftover))
+    front.envelope_create(leftover, make_env())
+    # A commit cut short before its commit point: envelopes without a message.
+    half, _ = submit(front, b"Received: x\n\nhalf\n")
+    front.backend.delete(Kind.MESSAGE, half)
+    # A removal cut short: a message without envelopes.
+    _, gone_evps = submit(front, b"Received: x\n\ngone\n")
+    for e in gone_evps:
+        front.backend.delete(Kind.ENVELOPE, e)
+
+    restarted = factory(compression=True)
+    report = restarted.recover()
+    assert (report.incoming, report.orphan_envelopes, report.orphan_messages) == (1, 2, 1)
+    assert list(os.scandir(restarted.spool / "incoming")) == []
+    assert [e.evpid for e in restarted.walk()] == sorted(kept_evps)
+    assert list(restarted.backend.list(Kind.MESSAGE)) == [kept]
+    assert restarted.recover() == type(report)(0, 0, 0)
+
+
+def test_envelope_update_delete_and_bounce(factory: Factory) -> None:
+    front = factory(compression=True, encryption_key="k")
+    msgid, (e1, e2) = submit(front, b"Received: x\n\nhi\n")
+    env = front.envelope_load(e1)
+    front.envelope_update(dataclasses.replace(env, retry=1, errorline="450 4.2.0 later\r\nx: y"))
+    fresh = factory(compression=True, encryption_key="k")
+    assert fresh.envelope_load(e1).retry == 1
+    assert fresh.envelope_load(e1).errorline == "450 4.2.0 later\r\nx: y"
+    # A bounce envelope added to a committed message is written at once.
+    bounce = fresh.envelope_create(msgid, make_env(type=DeliveryType.BOUNCE))
+    assert bounce >> 32 == msgid
+    assert fresh.message_envelopes(msgid) == sorted([e1, e2, bounce])
+    assert fresh.envelope_delete(e1) is False
+    assert fresh.envelope_delete(e2) is False
+    with pytest.raises(NotFound):
+        fresh.envelope_load(e1)
+    with pytest.raises(NotFound):
+        fresh.envelope_update(env)  # a removed envelope is never resurrected
+    with pytest.raises(NotFound):
+        fresh.envelope_delete(e1)
+    assert fresh.envelope_delete(bounce) is True  # the last one takes the message along
+    with pytest.raises(NotFound):
+        fresh.message_open(msgid)
+    with pytest.raises(NotFound):
+        fresh.envelope_create(msgid, make_env())
+
+
+def test_keep_message_and_message_delete(factory: Factory) -> None:
+    front = factory()
+    msgid, (e1, e2) = submit(front, b"Received: x\n\nhi\n")
+    assert front.envelope_delete(e1, keep_message=True) is False
+    assert front.envelope_delete(e2, keep_message=True) is False
+    front.message_open(msgid).close()
+    front.message_delete(msgid)
+    with pytest.raises(NotFound):
+        front.message_open(msgid)
+    m2, _ = submit(front, b"Received: x\n\nhi\n", rcpts=3)
+    front.message_delete(m2)
+    assert list(front.walk()) == []
+
+
+def test_cache_stats_and_lru(factory: Factory) -> None:
+    _, (e0, e1, e2) = submit(factory(), b"Received: x\n\nhi\n", rcpts=3)
+    front = factory(cache_size=2)
+    for evpid in (e0, e1, e2, e2, e1, e0):  # miss miss miss(evicts e0) hit hit miss
+        front.envelope_load(evpid)
+    front.envelope_update(dataclasses.replace(front.envelope_load(e0), retry=2))  # hit
+    front.envelope_update(dataclasses.replace(front.envelope_load(e0), evpid=e2))  # e2 evicted
+    assert front.stats() == {
+        "queue.evpcache.load.hit": 4,
+        "queue.evpcache.load.missed": 4,
+        "queue.evpcache.update.hit": 1,
+        "queue.evpcache.update.missed": 1,
+        "queue.evpcache.size": 2,
+    }
+    assert factory().envelope_load(e0).retry == 2
+    no_cache = factory(cache_size=0)
+    no_cache.envelope_load(e0)
+    no_cache.envelope_load(e0)
+    assert no_cache.stats()["queue.evpcache.load.missed"] == 2
+
+
+def _tamper(front: QueueFront, kind: Kind, oid: int, pos: int = -5) -> None:
+    with front.backend.get(kind, oid) as f:
+        data = bytearray(f.read())
+    data[pos] ^= 0x01
+    front.backend.put(kind, oid, bytes(data))
+
+
+@pytest.mark.parametrize(("compression", "key"), MODES[1:])
+def test_tampered_message_is_reported_not_fatal(factory: Factory, compression: bool,
+                                                key: str | None) -> None:
+    front = factory(compression=compression, encryption_key=key)
+    good, _ = submit(front, message_bytes(150_000))
+    bad, _ = submit(front, message_bytes(150_000))
+    _tamper(front, Kind.MESSAGE, bad, pos=100)
+    with pytest.raises(QueueCorrupt) as info:
+        front.message_fd_for_delivery(bad)
+    assert info.value.kind is Kind.MESSAGE and info.value.msgid == bad
+    assert f"{bad:08x}" in str(info.value)
+    with pytest.raises(QueueCorrupt), front.message_open(bad) as f:
+        f.read()
+    front.corrupt(bad, str(info.value))
+    assert list(front.backend.list(Kind.CORRUPT_MESSAGE)) == [bad]
+    with front.backend.get(Kind.CORRUPT_REASON, bad) as f:
+        assert f"{bad:08x}".encode() in f.read()
+    with front.message_open(good) as f:
+        assert f.read() == message_bytes(150_000)
+    assert {e.msgid for e in front.walk()} == {good}
+
+
+@pytest.mark.parametrize(("compression", "key"), MODES)
+def test_corrupt_envelope_in_walk_moves_message_aside(factory: Factory, compression: bool,
+                                                      key: str | None) -> None:
+    front = factory(compression=compression, encryption_key=key)
+    good, good_evps = submit(front, b"Received: x\n\ngood\n")
+    bad, bad_evps = submit(front, b"Received: x\n\nbad\n")
+    if key or compression:
+        _tamper(front, Kind.ENVELOPE, bad_evps[1])
+    else:
+        front.backend.put(Kind.ENVELOPE, bad_evps[1], b"version: 1\nflags: internal\n")
+    fresh = factory(compression=compression, encryption_key=key)
+    with pytest.raises(QueueCorrupt) as info:
+        fresh.envelope_load(bad_evps[1])
+    assert f"{bad_evps[1]:016x}" in str(info.value)
+    reported: list[QueueCorrupt] = []
+    assert [e.evpid for e in fresh.walk(reported.append)] == good_evps
+    assert [r.msgid for r in reported] == [bad]
+    assert list(fresh.backend.list(Kind.CORRUPT_ENVELOPE)) == bad_evps
+    assert list(fresh.backend.list(Kind.MESSAGE)) == [good]
+
+
+def test_swapped_files_are_detected(factory: Factory) -> None:
+    front = factory(encryption_key="k")
+    m1, e1 = submit(front, b"Received: x\n\none\n")
+    m2, e2 = submit(front, b"Received: x\n\ntwo\n")
+    with front.backend.get(Kind.MESSAGE, m1) as f:
+        front.backend.put(Kind.MESSAGE, m2, f.read())
+    with front.backend.get(Kind.ENVELOPE, e1[0]) as f:
+        front.backend.put(Kind.ENVELOPE, e2[0], f.read())
+    fresh = factory(encryption_key="k")  # nothing cached
+    with pytest.raises(QueueCorrupt, match="authentication failed"), fresh.message_open(m2) as f:
+        f.read()
+    with pytest.raises(QueueCorrupt, match="authentication failed"):
+        fresh.envelope_load(e2[0])
+
+
+def test_wrong_key_refused_at_start(factory: Factory) -> None:
+    front = factory(encryption_key="right")
+    submit(front, b"Received: x\n\nhi\n")
+    with pytest.raises(WrongKey, match="does not match"):
+        factory(encryption_key="wrong")
+    with pytest.raises(WrongKey, match="empty"):
+        factory(encryption_key="")
+
+
+def test_encrypted_spool_without_key_is_corrupt_per_message(factory: Factory) -> None:
+    front = factory(encryption_key="k")
+    _, evpids = submit(front, b"Received: x\n\nhi\n")
+    plain = factory()
+    with pytest.raises(QueueCorrupt, match="no queue encryption key"):
+        plain.envelope_load(evpids[0])
+
+
+def test_key_rotation_and_rewrite(factory: Factory) -> None:
+    front = factory(compression=True, encryption_key="old")
+    msgid, evpids = submit(front, message_bytes(100_000))
+    rotated = factory(compression=True, encryption_key="new", old_keys=["old"])
+    assert [e.evpid for e in rotated.walk()] == evpids
+    assert rotated.rewrite_all() == 3
+    only_new = factory(compression=True, encryption_key="new")
+    with only_new.message_open(msgid) as f:
+        assert f.read() == message_bytes(100_000)
+    assert [e.evpid for e in only_new.walk()] == evpids
+    with pytest.raises(WrongKey):
+        factory(encryption_key="old")  # the spool is now the new key's
+
+
+def test_migration_between_modes(factory: Factory) -> None:
+    """Turning compression/encryption on or off keeps old mail readable."""
+    data = message_bytes(70_000)
+    written = []
+    for compression, key in MODES:
+        front = factory(compression=compression, encryption_key=key)
+        written.append(submit(front, data))
+    for compression, key in MODES:
+        front = factory(compression=compression, encryption_key=key, old_keys=["k3y"])
+        for msgid, evpids in written:
+            with front.message_open(msgid) as f:
+                assert f.read() == data
+            assert [front.envelope_load(e).evpid for e in evpids] == evpids
+    final = factory(compression=True, encryption_key="k3y")
+    assert final.rewrite_all() == 12
+    for msgid, _ in written:
+        with final.backend.get(Kind.MESSAGE, msgid) as f:
+            assert f.read(1) == b"\x01"
