@@ -134,6 +134,16 @@ def _needs_shell(text: str) -> bool:
     return False
 
 
+def _assigns(template: str) -> bool:
+    """`VAR=value cmd` or `~user/cmd`: sh semantics that shlex lacks."""
+    try:
+        words = shlex.split(_placeholders(template, []))
+    except ValueError:
+        return False  # reported by _argv
+    first = words[0] if words else ""
+    return "=" in first or (first.startswith("~") and not first.startswith("~/"))
+
+
 def _fill(text: str, values: list[str]) -> str:
     for i, v in enumerate(values):
         text = text.replace(f"{_PH_OPEN}{i}{_PH_CLOSE}", v)
@@ -181,10 +191,8 @@ def build_invocation(req: DeliveryRequest) -> Invocation:
     """argv and environment for `req.command` (and `req.wrapper`)."""
     ctx = FormatContext.from_request(req)
     env = mda_environment(req)
-    probe: list[Token] = []
-    shell = _needs_shell(_placeholders(req.command, probe))
-    if req.wrapper is not None:
-        shell = shell or _needs_shell(_placeholders(req.wrapper, probe))
+    texts = [req.command] + ([req.wrapper] if req.wrapper is not None else [])
+    shell = any(_needs_shell(_placeholders(t, [])) or _assigns(t) for t in texts)
     if not shell:
         argv = _argv(req.command, ctx, None)
         if req.wrapper is not None:

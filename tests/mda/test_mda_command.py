@@ -216,3 +216,32 @@ def test_wrapper_shell_mode_inlines_command(tmp_path: Path) -> None:
 def test_bad_template_is_permfail(tmp_path: Path) -> None:
     res = deliver_command(req_factory(tmp_path)(command="/bin/cat %{nope}"), io.BytesIO(MSG))
     assert res.status is DeliveryStatus.PERMFAIL
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        "/bin/sh -c 'cat >/dev/null' x %{sender} %{sender:raw} %{rcpt}",  # argv mode
+        "cat >/dev/null; echo %{sender} %{sender:raw} > out.txt",  # shell mode
+    ],
+)
+def test_rm_rf_address_runs_nothing(tmp_path: Path, cmd: str) -> None:
+    # CVE-2020-7247's shape: the command runs in the user's home, where a
+    # successful injection would delete `victim`.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    for addr in ("a;rm -rf victim;@x", "a`rm -rf victim`@x", "$(rm -rf victim)@x"):
+        req = req_factory(tmp_path)(command=cmd, sender=addr, orig_rcpt=addr)
+        res = deliver_command(req, io.BytesIO(MSG))
+        assert res.status is DeliveryStatus.OK, res
+        assert (victim / "keep").exists(), addr
+
+
+def test_assignment_prefix_uses_shell(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    req = req_factory(tmp_path)(command="FOO=bar /bin/sh -c 'cat >/dev/null; echo $FOO' ")
+    assert build_invocation(req).shell
+    req = req_factory(tmp_path)(command=f'FOO=bar /bin/sh -c "cat >/dev/null; echo \\$FOO > {out}"')
+    assert deliver_command(req, io.BytesIO(MSG)).status is DeliveryStatus.OK
+    assert out.read_text() == "bar\n"
