@@ -34,6 +34,7 @@ from smtpd.bounce.policy import DsnKind, DsnRet
 
 CHUNK = 64 * 1024
 _MAX_FIELD = 900  # keep generated lines well under RFC 5322's 998
+MAX_HEADERS = 1024 * 1024  # RET=HDRS never copies more than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,10 +236,14 @@ def write_dsn(
             w.raw(data)
     else:
         w.text("Content-Description: Message headers\nContent-Type: text/rfc822-headers\n\n")
-        while line := original.readline(CHUNK):
+        copied = 0
+        while copied < MAX_HEADERS and (line := original.readline(CHUNK)):
             if line in (b"\n", b"\r\n"):
                 break  # end of the header block
+            if b":" not in line and line[:1] not in (b" ", b"\t"):
+                break  # not a header line: the body starts (RFC 5322 §2.1)
             w.raw(line)
+            copied += len(line)
     if w.last != b"\n":
         w.raw(b"\n")
     w.text(f"\n--{boundary}--\n")

@@ -195,3 +195,10 @@ def test_default_boundary_and_id_are_random() -> None:
     b = build_dsn(DsnKind.FAILED, "h", "a@b", [RCPT], io.BytesIO(ORIG), now=NOW)
     assert a != b
     assert _parse(a).get_boundary() != _parse(b).get_boundary()
+
+
+def test_hdrs_stops_at_first_non_header_line() -> None:
+    orig = b"Subject: s\n\tcontinued\nthis is body without blank line\nmore body\n"
+    data = _build(original=io.BytesIO(orig))
+    assert b"Subject: s\n\tcontinued\n" in data
+    assert b"this is body" not in data
