@@ -151,13 +151,11 @@ class ReplyParser:
             return None
         lines, self._lines, self._code = self._lines, [], None
         enhanced, first = _split_enhanced(code, lines[0])
-        if enhanced is not None:
-            # The enhanced code prefixes every line (RFC 2034 §4); strip it
-            # where present so that Reply re-serializes the same bytes.
-            rest = [
-                line[len(enhanced) + 1 :] if line.startswith(enhanced + " ") else line
-                for line in lines[1:]
-            ]
+        prefix = f"{enhanced} "
+        if enhanced is not None and all(line.startswith(prefix) for line in lines[1:]):
+            # The enhanced code prefixes every line (RFC 2034 §4); when some
+            # line lacks it, keep the text as sent so that it re-serializes.
+            rest = [line[len(prefix) :] for line in lines[1:]]
             return Reply(code, enhanced, [first, *rest])
         return Reply(code, None, lines)
 
