@@ -21,10 +21,38 @@ class StatementError(Exception):
         self.message = message
 
 
+def _distance(a: str, b: str) -> int:
+    """Optimal string alignment distance: edits with transpositions, the
+    usual typos ("prot" for "port", "lisen" for "listen")."""
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[len(b)]
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """', did you mean "x"?' or '' (difflib, cutoff tuned for short keywords)."""
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
-    return f', did you mean "{close[0]}"?' if close else ""
+    """', did you mean "x"?' for the closest candidate, or ''.
+
+    Closest: fewest edits, then same length (a transposition is likelier
+    than a missing letter), then difflib's similarity."""
+    limit = max(1, len(word) // 3) + (1 if len(word) >= 5 else 0)
+    best: tuple[int, int, float, str] | None = None
+    for cand in set(candidates):
+        d = _distance(word.lower(), cand.lower())
+        if d > limit or d >= max(len(cand), 2):
+            continue
+        key = (d, abs(len(cand) - len(word)),
+               -difflib.SequenceMatcher(None, word, cand).ratio(), cand)
+        if best is None or key < best:
+            best = key
+    return f', did you mean "{best[3]}"?' if best else ""
 
 
 class Cursor:

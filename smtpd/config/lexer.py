@@ -43,6 +43,7 @@ class Token:
     value: str
     file: str
     line: int
+    glued: bool = False  # no blank between this token and the previous one
 
     @property
     def where(self) -> str:
@@ -121,11 +122,15 @@ def scan(text: str, file: str, first_line: int = 1, macros: bool = True) -> Iter
     pos = 0
     end = len(text)
     match = _SCAN.match
+    last_end = -1  # end of the previous token, to tell glued tokens
     while pos < end:
         m = match(text, pos)
         assert m is not None  # the "bad" alternative matches any character
         kind = m.lastgroup
         value = m.group()
+        glued = pos == last_end
+        if kind not in ("ws", "cont", "comment"):
+            last_end = m.end()
         if kind == "ws":
             pass
         elif kind == "cont":
@@ -144,7 +149,7 @@ def scan(text: str, file: str, first_line: int = 1, macros: bool = True) -> Iter
                 raise LexError(file, line, "syntax error: NUL byte in quoted string")
             yield Token(Tok.STRING, _unquote(body, value), file, line)
             line += body.count("\n")
-            pos = q.end()
+            pos = last_end = q.end()
             continue
         elif kind == "macro":
             if not macros:
@@ -156,7 +161,7 @@ def scan(text: str, file: str, first_line: int = 1, macros: bool = True) -> Iter
         elif kind == "word":
             if "\\" in value:
                 value = _WORD_ESCAPE.sub(r"\1", value)
-            yield Token(Tok.WORD, value, file, line)
+            yield Token(Tok.WORD, value, file, line, glued)
         else:
             if value == "\0":
                 raise LexError(file, line, "syntax error: NUL byte")
@@ -200,19 +205,21 @@ class Lexer:
         return sorted(set(self._macros) - self._used)
 
     def next(self) -> Token:
-        if self._pending:
-            return self._pending.pop()
+        while True:
+            tok = self._pending.pop() if self._pending else self._read()
+            if tok.kind is Tok.PUNCT and tok.value.startswith("$"):
+                self._expand(tok)
+                continue
+            return tok
+
+    def _read(self) -> Token:
         while self._stack:
-            _path, it = self._stack[-1]
-            tok = next(it, None)
+            tok = next(self._stack[-1][1], None)
             if tok is None:
                 self._stack.pop()
                 continue
             self.last_line = tok.line
             self.last_file = tok.file
-            if tok.kind is Tok.PUNCT and tok.value.startswith("$"):
-                self._expand(tok)
-                return self.next()
             return tok
         return Token(Tok.EOF, "", self.last_file, self.last_line)
 
@@ -224,6 +231,17 @@ class Lexer:
         self._used.add(name)
         tokens = scan(value, tok.file, tok.line, macros=False)
         expanded = [t for t in tokens if t.kind is not Tok.NL]
+        # upstream pushes the value back into the input, so "$a.example.org"
+        # reads as one word: glue a word that follows the macro directly
+        if self._stack and expanded and expanded[-1].kind is Tok.WORD:
+            following = next(self._stack[-1][1], None)
+            if following is not None:
+                if following.kind is Tok.WORD and following.glued:
+                    last = expanded[-1]
+                    expanded[-1] = Token(Tok.WORD, last.value + following.value, last.file,
+                                         last.line)
+                else:
+                    self._pending.append(following)
         self._pending.extend(reversed(expanded))
 
     def skip_line(self) -> None:
