@@ -397,7 +397,8 @@ class ServerProtocol:
         # (only DATA needs the strict rule against smuggling).
         line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
         in_auth = self._state in _AUTH_STATES
-        self.last_command = "********" if in_auth else _mask(line)
+        # Bounded: it is for log lines (upstream keeps LINE_MAX bytes).
+        self.last_command = "********" if in_auth else _mask(line[:1024])
         if too_long:
             return self._error(R.LINE_TOO_LONG)
         if self._buf and not self.limits.pipelining:
