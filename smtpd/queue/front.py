@@ -359,12 +359,13 @@ class QueueFront:
         self._cache.evict_message(msgid)
 
     def recover(self) -> RecoverReport:
-        """Start-up clean-up after a crash (see the module docstring)."""
+        """Start-up clean-up after a crash (see the module docstring). Only the
+        queue process calls it, before serving: it empties incoming/,
+        temporary/ and purge/."""
         self._pending.clear()
         incoming = clear_dir(self._incoming)
         clear_dir(self._purge)
-        for leftover in self._temporary.glob("dlv.*"):
-            leftover.unlink(missing_ok=True)
+        clear_dir(self._temporary)  # half-written puts (fs) and delivery copies
         orphan_envs = orphan_msgs = 0
         # Merge-join the two sorted id streams: constant memory for any spool size.
         messages = self.backend.list(Kind.MESSAGE)

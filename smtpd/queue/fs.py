@@ -52,9 +52,8 @@ class FsBackend:
         prepare_spool(self.root)
         self._queue = self.root / "queue"
         self._corrupt = self.root / "corrupt"
+        # put() writes here first; QueueFront.recover() clears what a crash left.
         self._tmp = self.root / "temporary"
-        for leftover in self._tmp.glob("put.*"):
-            leftover.unlink(missing_ok=True)  # a put interrupted by a crash
 
     # --- paths ------------------------------------------------------------
 

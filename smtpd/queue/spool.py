@@ -54,15 +54,18 @@ def make_dir_durable(path: Path, stop: Path, mode: int = DIR_MODE) -> None:
 
 
 def prepare_spool(root: Path) -> None:
-    """Create the spool directories with their modes (idempotent)."""
+    """Create missing spool directories with their modes.
+
+    Existing directories are left alone: an offline reader (smtpctl show
+    message) may open a spool it does not own."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in SPOOL_DIRS:
+    wanted = [(name, DIR_MODE) for name in SPOOL_DIRS] + [("offline", OFFLINE_MODE)]
+    for name, mode in wanted:
         d = root / name
-        d.mkdir(mode=DIR_MODE, exist_ok=True)
-        os.chmod(d, DIR_MODE)
-    offline = root / "offline"
-    offline.mkdir(mode=OFFLINE_MODE, exist_ok=True)
-    os.chmod(offline, OFFLINE_MODE)
+        if d.is_dir():
+            continue
+        d.mkdir(mode=mode)
+        os.chmod(d, mode)  # mkdir's mode is filtered by the umask
 
 
 def write_durable(target: Path, chunks: Iterable[bytes], tmpdir: Path, stop: Path) -> int:

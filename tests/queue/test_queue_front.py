@@ -4,6 +4,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,8 +173,12 @@ def test_recover_removes_crash_leftovers(factory: Factory) -> None:
     for e in gone_evps:
         front.backend.delete(Kind.ENVELOPE, e)
 
+    # A put cut short (fs writes to temporary/ before its rename).
+    (front.spool / "temporary" / "put.0123456789abcdef").write_bytes(b"half")
+
     restarted = factory(compression=True)
     report = restarted.recover()
+    assert list(os.scandir(restarted.spool / "temporary")) == []
     assert (report.incoming, report.orphan_envelopes, report.orphan_messages) == (1, 2, 1)
     assert list(os.scandir(restarted.spool / "incoming")) == []
     assert [e.evpid for e in restarted.walk()] == sorted(kept_evps)
@@ -357,3 +362,33 @@ def test_migration_between_modes(factory: Factory) -> None:
     for msgid, _ in written:
         with final.backend.get(Kind.MESSAGE, msgid) as f:
             assert f.read(1) == b"\x01"
+
+
+def test_50mb_message_is_streamed_with_bounded_memory(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    front = QueueFront(FsBackend(spool), spool=spool, compression=True, encryption_key="k",
+                       kdf_n=KDF_N)
+    msgid = front.message_create()
+    block = b"".join(b"line %06d: " % i + os.urandom(24).hex().encode() + b"\n"
+                     for i in range(16384))  # ~1 MiB, about half compressible
+    size = 0
+    with os.fdopen(front.message_fd(msgid), "wb") as f:
+        f.write(b"Received: x\n\n")
+        while size < 50 * 1024 * 1024:
+            f.write(block)
+            size += len(block)
+    size += len(b"Received: x\n\n")
+    front.envelope_create(msgid, make_env())
+    tracemalloc.start()
+    try:
+        front.message_commit(msgid)
+        fd = front.message_fd_for_delivery(msgid)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        assert os.fstat(fd).st_size == size
+        assert os.pread(fd, 12, 0) == b"Received: x\n"
+    finally:
+        os.close(fd)
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes: not streamed"
