@@ -329,3 +329,39 @@ def test_help_text() -> None:
 
 def test_transitions_table_only_names_talking_states() -> None:
     assert all(state not in (State.DATA, State.TLS, State.CLOSED) for state, _ in TRANSITIONS)
+
+
+def test_command_line_limit_boundary() -> None:
+    ok = b"NOOP " + b"x" * (512 - 7) + b"\r\n"
+    assert len(ok) == 512
+    d = Driver().feed(ok)
+    assert d.lines()[-1] == "250 2.0.0 Ok"
+    d.feed(b"NOOP " + b"x" * (512 - 6) + b"\r\n")
+    assert d.lines()[-1] == "500 5.0.0 Command line too long"
+
+
+def test_bare_lf_commands_are_tolerated() -> None:
+    d = Driver().feed(b"EHLO c.test\nNOOP\n")
+    assert d.lines()[-1] == "250 2.0.0 Ok"
+
+
+def test_input_before_the_greeting_waits_for_it() -> None:
+    p = ServerProtocol(ProtocolLimits(hostname="mx.test"))
+    p.receive_data(b"NOOP\r\n")
+    assert p.next_event() is PAUSED
+    p.greeting()
+    assert isinstance(p.next_event(), E.Noop)
+
+
+def test_data_after_eof_is_a_usage_error() -> None:
+    p = ServerProtocol(ProtocolLimits(hostname="mx.test"))
+    p.receive_data(b"")
+    with pytest.raises(ProtocolUsageError):
+        p.receive_data(b"x")
+
+
+def test_last_command_masks_auth_and_is_bounded() -> None:
+    d = Driver().feed(b"EHLO c.test\r\nauth plain c2VjcmV0\r\n")
+    assert d.p.last_command == "auth plain ********"
+    d.feed(b"NOOP " + b"y" * 3000 + b"\r\n")
+    assert len(d.p.last_command) <= 1024
