@@ -21,6 +21,31 @@ KNOWN_BACKENDS = SUPPORTED_BACKENDS | {
     "db", "ldap", "mysql", "postgres", "redis", "socketmap", "passwd", "proc", "proc-exec",
 }
 
+# upstream table_check_use(): what shape of static table each use needs
+# (mapping, list or either) and the word for its error message
+TABLE_USES: dict[str, tuple[str, str]] = {
+    "alias": ("mapping", "alias"),
+    "virtual": ("mapping", "virtual"),
+    "userbase": ("mapping", "userbase"),
+    "helo-src": ("mapping", "helo-source"),
+    "src": ("any", "source"),
+    "relay-domain": ("mapping", "host"),
+    "relay-host": ("list", "host"),
+    "relay-auth": ("mapping", "auth"),
+    "listen-auth": ("mapping", "auth"),
+    "hostnames": ("mapping", "hostnames"),
+    "senders": ("mapping", "senders"),
+    "from": ("list", "from"),
+    "for": ("list", "'for'"),
+    "tag": ("list", "tag"),
+    "helo": ("list", "helo"),
+    "rdns": ("list", "rdns"),
+    "auth": ("any", "auth"),
+    "mail-from": ("any", "mail-from"),
+    "rcpt-to": ("any", "rcpt-to"),
+    "regex": ("list", "regex"),
+}
+
 _DELAY = re.compile(r"(\d+)([smhd])\Z")
 _SIZE = re.compile(r"(\d+)(?:\.(\d+))?([bkmgtpe]?)\Z", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -79,6 +104,8 @@ class Builder:
     admd: str | None = None
     # (kind, name, where): names to resolve once everything is read
     refs: list[tuple[str, str, str]] = field(default_factory=list)
+    # (table name, TABLE_USES key, where): shapes to check at the end
+    uses: list[tuple[str, str, str]] = field(default_factory=list)
     inline_count: int = 0
 
     # -- helpers used by the directive parsers ------------------------------
@@ -98,7 +125,7 @@ class Builder:
     def ref(self, kind: str, name: str, where: str) -> None:
         self.refs.append((kind, name, where))
 
-    def table_arg(self, cur: Cursor, what: str) -> str:
+    def table_arg(self, cur: Cursor, what: str, use: str) -> str:
         """upstream ``tables``: ``<name>``, ``{ a, b }`` / ``{ k = v }`` or a
         single value (an inline list of one).  Returns the table's name."""
         tok = cur.peek()
@@ -107,6 +134,7 @@ class Builder:
             name = cur.value("table name")
             cur.expect_punct(">")
             self.ref("table", name, where)
+            self.uses.append((name, use, where))
             return name
         if cur.is_punct("{"):
             entries, kind = self.inline_entries(cur)
@@ -118,6 +146,7 @@ class Builder:
             name=name, backend="static", config=None, source=where,
             entries=entries, kind=kind, inline=True,
         )
+        self.uses.append((name, use, where))
         return name
 
     def inline_entries(

@@ -11,7 +11,7 @@ import ipaddress
 import os
 
 from smtpd.config import model
-from smtpd.config.builder import Builder
+from smtpd.config.builder import TABLE_USES, Builder
 from smtpd.config.cursor import did_you_mean
 
 _WHAT = {
@@ -27,6 +27,7 @@ _WHAT = {
 
 def check(b: Builder, check_files: bool) -> None:
     _check_refs(b)
+    _check_table_uses(b)
     _check_pkis(b, check_files)
     _check_listeners(b)
     _check_actions(b)
@@ -42,6 +43,33 @@ def _check_refs(b: Builder) -> None:
             continue
         names = [n for n in known if not n.startswith("<inline:")]
         b.error(where, f"{message}: {name}" + did_you_mean(name, names))
+
+
+def _table_label(t: model.TableDef) -> str:
+    if not t.inline:
+        return f'"{t.name}"'
+    if len(t.entries) == 1 and t.entries[0][1] is None:
+        return f'"{t.entries[0][0]}"'
+    return "{ " + ", ".join(k if v is None else f"{k} = {v}" for k, v in t.entries) + " }"
+
+
+def _check_table_uses(b: Builder) -> None:
+    """upstream table_check_use(): a list where a mapping is needed (or the
+    reverse), getpwnam anywhere but userbase."""
+    for name, use, where in b.uses:
+        t = b.tables.get(name)
+        if t is None:
+            continue  # reported as "no such table"
+        shape, word = TABLE_USES[use]
+        if t.backend == "getpwnam":
+            ok = use == "userbase"
+        elif t.backend == "static":
+            is_list = t.kind is model.TableEntryKind.LIST
+            ok = shape == "any" or (shape == "list") == is_list
+        else:
+            ok = True  # file/sqlite content is only known when opened
+        if not ok:
+            b.error(where, f"table {_table_label(t)} may not be used for {word} lookups")
 
 
 def _check_pkis(b: Builder, check_files: bool) -> None:

@@ -96,11 +96,11 @@ def _local_options(cur: Cursor, b: Builder, kind: model.ActionKind, a: dict[str,
             if "alias_table" in a or "virtual_table" in a:
                 which = "alias" if "alias_table" in a else "virtual"
                 raise cur.error(f"{which} mapping already specified for this dispatcher", tok)
-            a[f"{opt}_table"] = b.table_arg(cur, f"{opt} table")
+            a[f"{opt}_table"] = b.table_arg(cur, f"{opt} table", opt)
         elif opt == "userbase":
             if "userbase_table" in a:
                 raise cur.error("userbase mapping already specified for this dispatcher", tok)
-            a["userbase_table"] = b.table_arg(cur, "userbase table")
+            a["userbase_table"] = b.table_arg(cur, "userbase table", "userbase")
         elif opt == "wrapper":
             if "wrapper" in a:
                 raise cur.error("wrapper already specified for this dispatcher", tok)
@@ -135,10 +135,10 @@ def _relay_options(cur: Cursor, b: Builder, a: dict[str, Any]) -> model.RelayOpt
                 b.ref(opt, r[key], tok.where)
         elif opt == "helo-src":
             once("helo_src_table", "helo-source mapping")
-            r["helo_src_table"] = b.table_arg(cur, "helo-src table")
+            r["helo_src_table"] = b.table_arg(cur, "helo-src table", "helo-src")
         elif opt == "src":
             once("src_table", "source mapping")
-            r["src_table"] = b.table_arg(cur, "source address")
+            r["src_table"] = b.table_arg(cur, "source address", "src")
         elif opt == "backup":
             once("backup", "backup")
             if "host" in r or "host_table" in r or "domain_table" in r:
@@ -152,9 +152,9 @@ def _relay_options(cur: Cursor, b: Builder, a: dict[str, Any]) -> model.RelayOpt
             if "backup" in r:
                 raise cur.error(f"backup and {opt} are mutually exclusive", tok)
             if opt == "domain":
-                r["domain_table"] = b.table_arg(cur, "domain table")
+                r["domain_table"] = b.table_arg(cur, "domain table", "relay-domain")
             elif cur.is_punct("<"):
-                r["host_table"] = b.table_arg(cur, "relay host table")
+                r["host_table"] = b.table_arg(cur, "relay host table", "relay-host")
             else:
                 url_tok = cur.peek()
                 text = cur.value("relay url")
@@ -170,7 +170,7 @@ def _relay_options(cur: Cursor, b: Builder, a: dict[str, Any]) -> model.RelayOpt
             if not ("host" in r or "host_table" in r or "domain_table" in r):
                 raise cur.error("auth may not be specified without host on a dispatcher", tok)
             once("auth_table", "auth mapping")
-            r["auth_table"] = b.table_arg(cur, "credentials table")
+            r["auth_table"] = b.table_arg(cur, "credentials table", "relay-auth")
         elif opt == "filter":
             once("filter", "filter")
             r["filter"] = cur.value("filter name")

@@ -88,7 +88,7 @@ def parse_listen(cur: Cursor, b: Builder) -> None:
             once("auth", "auth")
             o["auth"] = model.AuthMode(opt)
             if cur.is_punct("<") or cur.is_punct("{"):
-                o["auth_table"] = b.table_arg(cur, "credentials table")
+                o["auth_table"] = b.table_arg(cur, "credentials table", "listen-auth")
         elif opt == "tag":
             once("tag", "tag")
             tag = cur.value("tag")
@@ -100,7 +100,7 @@ def parse_listen(cur: Cursor, b: Builder) -> None:
             o["hostname"] = cur.value("hostname")
         elif opt == "hostnames":
             once("hostnames_table", "hostnames")
-            o["hostnames_table"] = b.table_arg(cur, "hostnames table")
+            o["hostnames_table"] = b.table_arg(cur, "hostnames table", "hostnames")
         elif opt == "mask-src":
             once("mask_src", "mask-src")
             o["mask_src"] = True
@@ -116,7 +116,7 @@ def parse_listen(cur: Cursor, b: Builder) -> None:
             b.unsupported(tok.where, "proxy-v2")
         elif opt == "senders":
             once("senders_table", "senders")
-            o["senders_table"] = b.table_arg(cur, "senders table")
+            o["senders_table"] = b.table_arg(cur, "senders table", "senders")
             if cur.accept("masquerade"):
                 o["masquerade"] = True
 

@@ -18,6 +18,11 @@ _GROUP = {
     C.FOR_RCPT_TO: "rcpt-to", C.RCPT_TO: "rcpt-to",
     C.TAG: "tag", C.HELO: "helo", C.TLS: "tls",
 }
+_USE = {
+    C.FROM_SRC: "from", C.FOR_DOMAIN: "for", C.TAG: "tag", C.HELO: "helo", C.FROM_RDNS: "rdns",
+    C.FROM_AUTH: "auth", C.AUTH: "auth", C.FROM_MAIL_FROM: "mail-from", C.MAIL_FROM: "mail-from",
+    C.FOR_RCPT_TO: "rcpt-to", C.RCPT_TO: "rcpt-to",
+}
 # conditions whose table argument is optional
 _OPTIONAL_TABLE = {C.FROM_AUTH, C.FROM_RDNS, C.AUTH}
 _REQUIRED_TABLE = {C.FROM_SRC, C.FROM_MAIL_FROM, C.FOR_DOMAIN, C.FOR_RCPT_TO, C.TAG, C.HELO,
@@ -72,7 +77,8 @@ def parse_match(cur: Cursor, b: Builder) -> None:
         regex = False
         if kind in _REQUIRED_TABLE or (kind in _OPTIONAL_TABLE and _has_table_arg(cur)):
             regex = cur.accept("regex")
-            table = b.table_arg(cur, f"{kind.value} argument")
+            use = "regex" if regex else _USE[kind]
+            table = b.table_arg(cur, f"{kind.value} argument", use)
         cond = model.Condition(kind=kind, negate=negate, table=table, regex=regex)
         conds.append(cond)
         for slot in slots:
