@@ -71,6 +71,8 @@ def from_oserror(exc: OSError, what: str, detail: str | None = None) -> Delivery
     EIO, ...) is treated as temporary: an administrator can fix it.
     """
     reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+    if exc.filename:
+        what = f"{what} {exc.filename}"
     if exc.errno == errno.EDQUOT:
         return tempfail(f"452 4.2.2 Mailbox full: {what}: {reason}", detail)
     if exc.errno == errno.ENOSPC:
