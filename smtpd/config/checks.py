@@ -13,6 +13,7 @@ import os
 from smtpd.config import model
 from smtpd.config.builder import TABLE_USES, Builder
 from smtpd.config.cursor import did_you_mean
+from smtpd.config.listen import BindAddress, ListenError, resolve_listener
 
 _WHAT = {
     "table": ("no such table", "tables"),
@@ -29,7 +30,7 @@ def check(b: Builder, check_files: bool) -> None:
     _check_refs(b)
     _check_table_uses(b)
     _check_pkis(b, check_files)
-    _check_listeners(b)
+    _check_listeners(b, check_files)
     _check_actions(b)
     if not b.rules:
         b.errors.append("warn: no rules, nothing to do")
@@ -91,8 +92,12 @@ def _address_key(listener: model.Listener) -> str:
         return listener.interface.lower()
 
 
-def _check_listeners(b: Builder) -> None:
+def _check_listeners(b: Builder, resolve: bool) -> None:
+    """Two listeners on the same address and port; with resolve, also the
+    addresses behind names (lo0 and 127.0.0.1) and names that resolve to
+    nothing (upstream: "invalid virtual ip or interface")."""
     seen: dict[tuple[str, model.Family, int], model.Listener] = {}
+    bound: dict[BindAddress, model.Listener] = {}
     for listener in b.listeners:
         if listener.kind is model.ListenerKind.SOCKET:
             continue
@@ -103,6 +108,20 @@ def _check_listeners(b: Builder) -> None:
                     f"already defined at {first.source}")
             continue
         seen[key] = listener
+        if not resolve:
+            continue
+        try:
+            addresses = resolve_listener(listener)
+        except ListenError as e:
+            b.error(listener.source, str(e))
+            continue
+        for addr in addresses:
+            other = bound.get(addr)
+            if other is not None:
+                b.error(listener.source, f"listener on {addr.address} port {addr.port} "
+                        f"already defined at {other.source}")
+                break
+            bound[addr] = listener
 
 
 def _check_actions(b: Builder) -> None:

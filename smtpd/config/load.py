@@ -49,8 +49,9 @@ def load_config(
 
     macros are ``-D name=value`` definitions (they win over the file's);
     relative paths in the file are made absolute against base_dir (default:
-    the current directory); check_files verifies that pki/ca files are
-    readable, as ``smtpd -n`` does upstream.
+    the current directory); check_files looks at the system as upstream's
+    ``smtpd -n`` does: pki/ca files readable, listen addresses and
+    interfaces that exist (smtpd.config.listen.resolve_listener).
     """
     base = os.path.abspath(base_dir if base_dir is not None else os.getcwd())
     errors = [f"invalid macro name given with -D: {name}" for name in macros
