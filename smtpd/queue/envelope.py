@@ -393,3 +393,54 @@ def load_envelope(data: bytes, *, evpid: int | None = None) -> Envelope:
     if evpid is not None and env.evpid != evpid:
         raise EnvelopeError(f"envelope names {env.evpid:016x}, expected {evpid:016x}")
     return env
+
+
+# --- upstream's ``smtpctl show envelope`` rendering -------------------------
+
+UPSTREAM_SHOW_VERSION = 3  # what OpenSMTPD 6.8 prints (COMPAT.md)
+_DSN_BITS = {DsnNotify.SUCCESS: 0x01, DsnNotify.FAILURE: 0x02, DsnNotify.DELAY: 0x04,
+             DsnNotify.NEVER: 0x08}  # upstream's DSN_SUCCESS.. DSN_NEVER
+
+
+def render_upstream(env: Envelope) -> str:
+    """``smtpctl show envelope`` text as OpenSMTPD prints it (envelope.c's
+    dump order, empty values skipped, dsn-notify as upstream's bitmask,
+    esc-class/esc-code only when a class is set). Values are escaped as on
+    disk so a stored reply cannot forge lines on the operator's terminal."""
+    notify = sum(bit for flag, bit in _DSN_BITS.items() if flag in env.dsn_notify)
+    values: list[tuple[str, str]] = [
+        ("version", str(UPSTREAM_SHOW_VERSION)),
+        ("dispatcher", env.dispatcher),
+        ("tag", env.tag),
+        ("type", str(env.type)),
+        ("smtpname", env.smtpname),
+        ("helo", env.helo),
+        ("hostname", env.hostname),
+        ("username", env.username),
+        ("errorline", env.errorline),
+        ("sockaddr", env.sockaddr),
+        ("sender", env.sender or "@"),  # upstream prints user@domain, "@" for <>
+        ("rcpt", env.rcpt),
+        ("dest", env.dest),
+        ("ctime", str(env.ctime)),
+        ("last-try", str(env.lasttry)),
+        ("last-bounce", str(env.lastbounce)),
+        ("ttl", str(env.ttl)),
+        ("retry", str(env.retry)),
+        ("flags", _dump_flag(env.flags)),
+        ("dsn-notify", str(notify)),
+        ("dsn-ret", str(env.dsn_ret or "")),
+        ("dsn-envid", env.dsn_envid),
+        ("dsn-orcpt", env.dsn_orcpt),
+        ("esc-class", str(env.esc_class) if env.esc_class else ""),
+        ("esc-code", str(env.esc_code) if env.esc_class else ""),
+    ]
+    if env.type is DeliveryType.MDA:
+        values += [("mda-exec", env.mda_exec), ("mda-subaddress", env.mda_subaddress),
+                   ("mda-user", env.mda_user)]
+    elif env.type is DeliveryType.BOUNCE:
+        delayed = env.bounce_type is BounceType.DELAYED
+        values += [("bounce-ttl", str(env.bounce_ttl) if delayed else ""),
+                   ("bounce-delay", str(env.bounce_delay) if delayed else ""),
+                   ("bounce-type", str(env.bounce_type or ""))]
+    return "".join(f"{k}: {escape_value(v)}\n" for k, v in values if v)

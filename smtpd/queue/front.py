@@ -215,7 +215,10 @@ class QueueFront:
         return evpid
 
     def message_commit(self, msgid: int) -> None:
-        """Store the message and its envelopes durably; then it may get its 250."""
+        """Store the message and its envelopes durably; then it may get its 250.
+
+        On a storage error (OSError) nothing is left behind in the store and
+        the message stays incoming (roll it back)."""
         envs = self._check_pending(msgid)
         if not envs:
             raise QueueError(f"message {msgid:08x}: no envelopes to commit")
@@ -223,16 +226,25 @@ class QueueFront:
             src = open(self.message_path(msgid), "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
             raise QueueError(f"message {msgid:08x}: no message data") from None
-        with src:
-            for env in envs:
-                data = dump_envelope(env)
+        written: list[int] = []
+        try:
+            with src:
+                for env in envs:
+                    data = dump_envelope(env)
+                    self.backend.put(
+                        Kind.ENVELOPE, env.evpid, self._encode(Kind.ENVELOPE, env.evpid, [data])
+                    )
+                    written.append(env.evpid)
+                # The commit point: without this blob, recover() drops the envelopes.
                 self.backend.put(
-                    Kind.ENVELOPE, env.evpid, self._encode(Kind.ENVELOPE, env.evpid, [data])
+                    Kind.MESSAGE, msgid, self._encode(Kind.MESSAGE, msgid, iter_source(src))
                 )
-            # The commit point: without this blob, recover() drops the envelopes.
-            self.backend.put(
-                Kind.MESSAGE, msgid, self._encode(Kind.MESSAGE, msgid, iter_source(src))
-            )
+        except BaseException:
+            # Storage failed (ENOSPC...): the client gets a 4xx, leave no orphans.
+            for evpid in written:
+                with contextlib.suppress(Exception):
+                    self.backend.delete(Kind.ENVELOPE, evpid)
+            raise
         del self._pending[msgid]
         for env in envs:
             self._cache.put(env)

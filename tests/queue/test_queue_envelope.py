@@ -16,6 +16,7 @@ from smtpd.queue.envelope import (
     envelope_items,
     escape_value,
     load_envelope,
+    render_upstream,
     unescape_value,
 )
 
@@ -154,3 +155,22 @@ def test_dataclass_validation() -> None:
         make_env(evpid=0x1234)
     with pytest.raises(dataclasses.FrozenInstanceError):
         make_env().retry = 1  # type: ignore[misc]
+
+
+def test_render_upstream_show_envelope() -> None:
+    env = make_env(smtpname="vm", helo="client.test", hostname="localhost",
+                   sockaddr="127.0.0.1", mda_user="acc1", dsn_notify=DsnNotify.FAILURE)
+    keys = [line.split(":", 1)[0] for line in render_upstream(env).splitlines()]
+    # COMPAT.md: the fields OpenSMTPD 6.8 prints for a fresh local delivery.
+    assert keys == ["version", "dispatcher", "type", "smtpname", "helo", "hostname", "sockaddr",
+                    "sender", "rcpt", "dest", "ctime", "last-try", "last-bounce", "ttl", "retry",
+                    "dsn-notify", "mda-user"]
+    text = render_upstream(env)
+    assert text.startswith("version: 3\ndispatcher: local_mail\ntype: mda\n")
+    assert "dsn-notify: 2\n" in text
+    evil = render_upstream(make_env(sender="", errorline="550 x\nrcpt: forged", esc_class=5,
+                                    esc_code=10, type=DeliveryType.BOUNCE,
+                                    bounce_type=BounceType.DELAYED, bounce_ttl=5))
+    assert "sender: @\n" in evil and "errorline: 550 x\\nrcpt: forged\n" in evil
+    assert "esc-class: 5\nesc-code: 10\n" in evil
+    assert evil.endswith("bounce-ttl: 5\nbounce-delay: 0\nbounce-type: delayed\n")

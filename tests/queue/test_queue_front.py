@@ -392,3 +392,26 @@ def test_50mb_message_is_streamed_with_bounded_memory(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes: not streamed"
+
+
+def test_commit_failure_leaves_nothing_behind(factory: Factory,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    front = factory(compression=True)
+    msgid = front.message_create()
+    os.close(front.message_fd(msgid))
+    for _ in range(3):
+        front.envelope_create(msgid, make_env())
+    real_put = front.backend.put
+
+    def put(kind: Kind, oid: int, data: object) -> int:
+        if kind is Kind.MESSAGE:
+            raise OSError(28, "No space left on device")
+        return real_put(kind, oid, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(front.backend, "put", put)
+    with pytest.raises(OSError, match="No space"):
+        front.message_commit(msgid)
+    assert list(front.backend.list(Kind.ENVELOPE)) == []
+    monkeypatch.undo()
+    front.message_rollback(msgid)
+    assert list(os.scandir(front.spool / "incoming")) == []
