@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+# Imported eagerly, never inside deliver(): the delivery child has dropped
+# privileges by then and may not be allowed to read the interpreter's or the
+# venv's files (e.g. under /root) to import a module lazily.
+from smtpd.mda.command import deliver_command
+from smtpd.mda.lmtp import deliver_lmtp
+from smtpd.mda.maildir import deliver_maildir
+from smtpd.mda.mbox import deliver_mbox
 from smtpd.mda.types import (
     DeliveryMethod,
     DeliveryRequest,
@@ -33,21 +40,12 @@ def deliver(
     req: DeliveryRequest, source: BinaryIO, expected_name: str | None = None
 ) -> DeliveryResult:
     """Run the delivery `req.method` asks for; `expected_name` is maildir only."""
-    # Imported here so a child only loads the method it runs.
     if req.method is DeliveryMethod.MAILDIR:
-        from smtpd.mda.maildir import deliver_maildir
-
         return deliver_maildir(req, source, expected_name)
     if req.method is DeliveryMethod.MBOX:
-        from smtpd.mda.mbox import deliver_mbox
-
         return deliver_mbox(req, source)
     if req.method is DeliveryMethod.MDA:
-        from smtpd.mda.command import deliver_command
-
         return deliver_command(req, source)
     if req.method is DeliveryMethod.LMTP:
-        from smtpd.mda.lmtp import deliver_lmtp
-
         return deliver_lmtp(req, source)
     return permfail(f"550 5.3.0 Unknown delivery method {req.method!r}")

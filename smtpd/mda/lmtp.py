@@ -17,6 +17,7 @@ uses 25.  Unlike mail.lmtp, a 5xx is a permanent failure, not a retry.
 from __future__ import annotations
 
 import contextlib
+import encodings.idna  # noqa: F401  # before a privilege drop: host names need it
 import socket
 import time
 from collections.abc import Iterable, Sequence
