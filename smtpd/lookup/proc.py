@@ -1,11 +1,130 @@
-"""The lookup process: tables, rules, expansion and DNS (DESIGN.md §1)."""
+"""The lookup process: tables, match rules, recipient expansion and
+credentials (DESIGN.md §1).  Table failures are temporary answers (451/454),
+never crashes: a table on a remote server may come and go."""
 
 from __future__ import annotations
 
-from smtpd.msg import Proc
+import asyncio
+import socket
+from dataclasses import replace
+from typing import Any
+
+import bcrypt
+from passlib.hash import sha256_crypt, sha512_crypt
+
+from imsg import Frame
+from smtpd.lookup.expand import Expander, ExpandError, unknown_recipient
+from smtpd.lookup.ruleset import Ruleset, SessionFacts, domain_of
+from smtpd.msg import AuthCheck, AuthResult, Msg, Proc, RcptCheck, RcptResult
 from smtpd.proc import Child
+from smtpd.queue.envelope import EnvelopeError, dump_envelope, load_envelope
+from smtpd.table.backend import Table, TableError, TableTempFail, open_table
+
+RCPT_OK = "250 2.1.5 Destination address valid: Recipient ok"
+RELAY_DENIED = "550 5.7.1 Delivery not authorized, message refused: relay denied"
+
+
+def local_names(hostname: str) -> frozenset[str]:
+    names = {"localhost", "localhost.localdomain", hostname.lower(),
+             hostname.split(".")[0].lower()}
+    try:
+        names.add(socket.gethostname().lower())
+        names.add(socket.getfqdn().lower())
+    except OSError:
+        pass
+    return frozenset(names)
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """bcrypt ($2b$) and SHA-crypt ($5$, $6$), as `smtpctl encrypt` produces."""
+    try:
+        if hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            return bcrypt.checkpw(password.encode(), hashed.encode())
+        if hashed.startswith("$6$"):
+            return bool(sha512_crypt.verify(password, hashed))
+        if hashed.startswith("$5$"):
+            return bool(sha256_crypt.verify(password, hashed))
+    except ValueError:
+        return False
+    return False
 
 
 class LookupProcess(Child):
     name = Proc.LOOKUP
     needs = frozenset({Proc.PARENT})
+
+    def build(self) -> None:
+        delim = self.config.smtp.sub_addr_delim
+        self.tables: dict[str, Table] = {}
+        for name, definition in self.config.tables.items():
+            table = open_table(definition, delim)
+            try:
+                table.open()
+            except (TableError, TableTempFail, OSError) as exc:
+                self.log.warning("lookup: table %s: %s", name, exc)
+            self.tables[name] = table
+        self.ruleset = Ruleset(self.config, self.tables, local_names(self.config.hostname))
+        self.handle(Proc.SMTP, Msg.SMTP_RCPT_CHECK, self._on_rcpt)
+        self.handle(Proc.SMTP, Msg.SMTP_AUTH_CHECK, self._on_auth)
+
+    def _on_rcpt(self, req: RcptCheck, _frame: Frame) -> None:
+        ok, reply, envelopes = self.check_rcpt(req)
+        self.send(Proc.SMTP, Msg.LOOKUP_RCPT_RESULT, RcptResult(req.reqid, ok, reply, envelopes))
+
+    def check_rcpt(self, req: RcptCheck) -> tuple[bool, str, list[str]]:
+        facts = SessionFacts(local=req.local, src=req.src, rdns=req.rdns, helo=req.helo,
+                             tls=req.tls, auth_user=req.auth_user, tag=req.listener_tag,
+                             sender=req.sender, rcpt=req.rcpt)
+        try:
+            template = load_envelope(req.template.encode())
+        except EnvelopeError as exc:
+            # smtp built it: a malformed one is a bug there, but the client
+            # only gets a temporary failure.
+            self.log.warning("lookup: bad envelope template: %s", exc)
+            return False, "451 4.3.0 Temporary failure", []
+        try:
+            rule = self.ruleset.match(facts)
+            if rule is None or rule.reject or rule.action is None:
+                self.log.info("lookup: no accepting rule for from=<%s> to=<%s> src=%s",
+                              req.sender, req.rcpt, req.src)
+                local = self.ruleset.is_local_domain(domain_of(req.rcpt))
+                reply = str(unknown_recipient(req.rcpt)) if local or rule else RELAY_DENIED
+                return False, reply, []
+
+            def rematch(address: str) -> Any:
+                return self.ruleset.match(replace(facts, rcpt=address))
+
+            expander = Expander(self.config.actions, self.tables,
+                                self.config.smtp.sub_addr_delim, rematch)
+            envelopes = expander.expand(rule, template)
+        except ExpandError as exc:
+            return False, exc.reply, []
+        except TableTempFail as exc:
+            self.log.warning("lookup: temporary table failure: %s", exc)
+            return False, "451 4.3.0 Temporary failure in table lookup", []
+        ttl_rule = self.config.actions[rule.action].ttl
+        texts = [dump_envelope(replace(e, ttl=ttl_rule) if ttl_rule else e).decode()
+                 for e in envelopes]
+        return True, RCPT_OK, texts
+
+    def _on_auth(self, req: AuthCheck, _frame: Frame) -> None:
+        self.loop.create_task(self._auth(req))
+
+    async def _auth(self, req: AuthCheck) -> None:
+        status = "fail"
+        try:
+            table = self.tables.get(req.table) if req.table else None
+            if table is None:
+                self.log.warning("lookup: authentication against system accounts is not "
+                                 "supported; use `auth <table>`")
+                status = "tempfail"
+            else:
+                creds = table.credentials(req.username)
+                if creds is not None:
+                    # Hash checks are slow by design: keep the loop responsive.
+                    ok = await asyncio.get_running_loop().run_in_executor(
+                        None, check_password, req.password, creds.password)
+                    status = "ok" if ok else "fail"
+        except TableTempFail:
+            status = "tempfail"
+        self.send(Proc.SMTP, Msg.LOOKUP_AUTH_RESULT, AuthResult(req.reqid, status))

@@ -1,39 +1,281 @@
-"""The smtp process: inbound SMTP sessions on the listeners the parent binds."""
+"""The smtp process: inbound SMTP sessions on the listeners the parent binds.
+
+Requests to queue and lookup are futures keyed by a reqid, so a session simply
+awaits its answer; the imsg handlers resolve them.
+"""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
+import errno
+import os
 import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
 
 from imsg import Frame
-from smtpd.msg import ListenerSend, Msg, Proc
+from smtpd import privsep
+from smtpd.config.model import AuthMode, Listener, TlsMode
+from smtpd.msg import (
+    AuthCheck,
+    AuthResult,
+    ListenerSend,
+    MessageCommit,
+    MessageCreated,
+    MessageRef,
+    Msg,
+    PauseSet,
+    Proc,
+    RcptCheck,
+    RcptResult,
+    Request,
+    RequestFailed,
+)
 from smtpd.proc import Child
+from smtpd.smtp.protocol import ProtocolLimits
+from smtpd.smtp.reply import Reply
+from smtpd.smtp.session import QUEUE_UNAVAILABLE, Session, reply_from_line
+
+# Keep this many descriptors free for sessions already running (the seed's
+# descriptor reserve): below it, stop accepting until some are released.
+FD_RESERVE = 32
+ACCEPT_RETRY = 1.0
+
+
+@dataclass
+class ListenerRuntime:
+    listener: Listener
+    limits: ProtocolLimits
+    ssl_context: ssl.SSLContext | None
+    smtps: bool
+
+
+def fds_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 class SmtpProcess(Child):
     name = Proc.SMTP
     needs = frozenset({Proc.PARENT, Proc.QUEUE, Proc.LOOKUP})
+    user = privsep.SMTPD_USER
+
+    def build_privileged(self) -> None:
+        # Keys are read while we are still root: the pki files may be 0600 root.
+        self.contexts: dict[str, ssl.SSLContext] = {}
+        for name, pki in self.config.pkis.items():
+            if pki.cert and pki.key:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(pki.cert, pki.key)
+                self.contexts[name] = ctx
 
     def build(self) -> None:
-        self.listeners: list[socket.socket] = []
+        self.listen_socks: list[tuple[socket.socket, ListenerRuntime]] = []
+        self.sessions: set[asyncio.Task[None]] = set()
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.next_reqid = 1
+        self.paused = "smtp" in self.options.paused
+        self.accepting = False
+        self.fd_limit = _fd_limit()
         self.handle(Proc.PARENT, Msg.PARENT_LISTENER_SEND, self._on_listener)
+        self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, self._resolve)
+        self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_FD, self._resolve_fd)
+        self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_COMMITTED, self._resolve)
+        self.handle(Proc.QUEUE, Msg.QUEUE_REQUEST_FAILED, self._resolve)
+        self.handle(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._resolve)
+        self.handle(Proc.LOOKUP, Msg.LOOKUP_AUTH_RESULT, self._resolve)
+        self.handle(Proc.CONTROL, Msg.CTL_SMTP_PAUSE, self._on_pause)
+
+    def runtime_for(self, listener: Listener) -> ListenerRuntime:
+        cfg = self.config
+        ctx = self.contexts.get(listener.pkis[0]) if listener.pkis else None
+        limits = ProtocolLimits(
+            hostname=cfg.listener_hostname(listener),
+            max_message_size=cfg.smtp.max_message_size,
+            max_rcpt=cfg.smtp.max_rcpt,
+            max_mails=cfg.smtp.max_mails,
+            auth_mechanisms=("PLAIN", "LOGIN") if listener.auth is not AuthMode.NONE else (),
+            starttls_available=ctx is not None and listener.tls in (
+                TlsMode.TLS, TlsMode.TLS_REQUIRE),
+            tls_active=False,
+            auth_required=listener.auth is AuthMode.REQUIRED,
+            tls_required=listener.tls is TlsMode.TLS_REQUIRE,
+            dsn=not listener.no_dsn,
+        )
+        return ListenerRuntime(listener, limits, ctx, listener.tls is TlsMode.SMTPS)
+
+    # -- listeners ---------------------------------------------------------------
 
     def _on_listener(self, payload: ListenerSend, frame: Frame) -> None:
         assert frame.fd is not None
         sock = socket.socket(fileno=frame.fd)
         sock.setblocking(False)
-        self.listeners.append(sock)
+        inet = [lst for lst in self.config.listeners if lst.kind.value == "inet"]
+        # the parent binds listeners in config order; index counts sockets, so
+        # match on the port, falling back to the first inet listener
+        listener = next((lst for lst in inet if lst.port == payload.port), inet[0])
+        self.listen_socks.append((sock, self.runtime_for(listener)))
 
     def on_live(self) -> None:
-        for sock in self.listeners:
-            self.loop.add_reader(sock.fileno(), self._accept, sock)
+        self.stats.set("smtp.session", 0)
+        self._start_accepting()
 
-    def _accept(self, sock: socket.socket) -> None:
-        try:
-            conn, _ = sock.accept()
-        except OSError:
+    def _start_accepting(self) -> None:
+        if self.accepting or self.stopping.is_set():
             return
-        conn.setblocking(True)
-        with contextlib.suppress(OSError):
-            conn.sendall(b"421 4.3.0 Service not available yet\r\n")
-        conn.close()
+        self.accepting = True
+        for sock, runtime in self.listen_socks:
+            self.loop.add_reader(sock.fileno(), self._accept, sock, runtime)
+
+    def _stop_accepting(self) -> None:
+        if not self.accepting:
+            return
+        self.accepting = False
+        for sock, _runtime in self.listen_socks:
+            self.loop.remove_reader(sock.fileno())
+
+    def _accept(self, sock: socket.socket, runtime: ListenerRuntime) -> None:
+        if self.fd_limit and fds_in_use() >= self.fd_limit - FD_RESERVE:
+            self._exhausted("descriptor reserve reached")
+            return
+        try:
+            conn, _addr = sock.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._exhausted(os.strerror(exc.errno))
+                return
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                return
+            raise
+        conn.setblocking(False)
+        task = self.loop.create_task(self._session(conn, runtime))
+        self.sessions.add(task)
+        task.add_done_callback(self.sessions.discard)
+
+    def _exhausted(self, why: str) -> None:
+        # Never fatal: stop taking clients, keep serving the open sessions.
+        self.log.warning("smtp: not accepting new clients: %s", why)
+        self._stop_accepting()
+        self.loop.call_later(ACCEPT_RETRY, self._retry_accept)
+
+    def _retry_accept(self) -> None:
+        if self.fd_limit and fds_in_use() >= self.fd_limit - FD_RESERVE:
+            self.loop.call_later(ACCEPT_RETRY, self._retry_accept)
+            return
+        self.log.info("smtp: accepting clients again")
+        self._start_accepting()
+
+    async def _session(self, conn: socket.socket, runtime: ListenerRuntime) -> None:
+        self.stats.increment("smtp.session")
+        family = "inet6" if conn.family == socket.AF_INET6 else "inet4"
+        self.stats.increment(f"smtp.session.{family}")
+        try:
+            reader = asyncio.StreamReader(limit=1 << 20)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            ctx = runtime.ssl_context if runtime.smtps else None
+            transport, _ = await self.loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=ctx,
+                ssl_handshake_timeout=30 if ctx else None)
+            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
+            if ctx is not None:
+                self.stats.increment("smtp.smtps")
+            await Session(self, runtime, reader, writer).run()
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            self.log.info("smtp: session setup failed: %s", type(exc).__name__)
+            conn.close()
+        finally:
+            self.stats.decrement("smtp.session")
+            self.stats.decrement(f"smtp.session.{family}")
+
+    def _on_pause(self, payload: PauseSet, _frame: Frame) -> None:
+        self.paused = payload.paused
+        self.log.info("smtp: %s", "paused" if self.paused else "resumed")
+
+    # -- requests --------------------------------------------------------------
+
+    def _request(self) -> tuple[int, asyncio.Future[Any]]:
+        reqid = self.next_reqid
+        self.next_reqid += 1
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self.pending[reqid] = fut
+        return reqid, fut
+
+    def _resolve(self, payload: Any, _frame: Frame) -> None:
+        fut = self.pending.pop(payload.reqid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(payload)
+
+    def _resolve_fd(self, payload: MessageRef, frame: Frame) -> None:
+        fut = self.pending.pop(payload.reqid, None)
+        if fut is None or fut.done():
+            assert frame.fd is not None
+            os.close(frame.fd)  # the session went away meanwhile
+            return
+        fut.set_result((payload, frame.fd))
+
+    async def queue_create(self) -> int | Reply:
+        reqid, fut = self._request()
+        self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_CREATE, Request(reqid))
+        answer = await fut
+        if isinstance(answer, RequestFailed):
+            return reply_from_line(answer.reply)
+        assert isinstance(answer, MessageCreated)
+        return answer.msgid
+
+    async def queue_open(self, msgid: int) -> int | Reply:
+        reqid, fut = self._request()
+        self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_OPEN, MessageRef(reqid, msgid))
+        try:
+            answer = await fut
+        except asyncio.CancelledError:
+            raise
+        if isinstance(answer, RequestFailed):
+            return reply_from_line(answer.reply)
+        _ref, fd = answer
+        return int(fd)
+
+    async def queue_commit(self, msgid: int, envelopes: list[str]) -> Reply | None:
+        reqid, fut = self._request()
+        self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_COMMIT, MessageCommit(reqid, msgid, envelopes))
+        answer = await fut
+        if isinstance(answer, RequestFailed):
+            return reply_from_line(answer.reply)
+        if not isinstance(answer, MessageRef):
+            return QUEUE_UNAVAILABLE
+        return None
+
+    def queue_rollback(self, msgid: int) -> None:
+        self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_ROLLBACK, MessageRef(0, msgid))
+
+    async def lookup_rcpt(self, session: Session, sender: str, rcpt: str,
+                          template: str) -> tuple[bool, Reply, list[str]]:
+        reqid, fut = self._request()
+        self.send(Proc.LOOKUP, Msg.SMTP_RCPT_CHECK, RcptCheck(
+            reqid=reqid, listener_tag=session.listener.listener.tag or "",
+            local=False, src=session.src, rdns=session.rdns, helo=session.proto.helo or "",
+            tls=session.proto.tls_active, auth_user=session.auth_user,
+            sender=sender, rcpt=rcpt, template=template))
+        answer = await fut
+        assert isinstance(answer, RcptResult)
+        return answer.ok, reply_from_line(answer.reply), answer.envelopes
+
+    async def lookup_auth(self, table: str, username: str, password: str) -> str:
+        reqid, fut = self._request()
+        self.send(Proc.LOOKUP, Msg.SMTP_AUTH_CHECK, AuthCheck(reqid, table, username, password))
+        answer = await fut
+        assert isinstance(answer, AuthResult)
+        return answer.status
+
+    def on_stop(self) -> None:
+        self._stop_accepting()
+
+
+def _fd_limit() -> int:
+    import resource
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 0
