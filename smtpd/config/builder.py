@@ -46,8 +46,11 @@ TABLE_USES: dict[str, tuple[str, str]] = {
     "regex": ("list", "regex"),
 }
 
-_DELAY = re.compile(r"(\d+)([smhd])\Z")
-_SIZE = re.compile(r"(\d+)(?:\.(\d+))?([bkmgtpe]?)\Z", re.IGNORECASE)
+# ASCII digits only, and few of them: int() of a huge or non-ASCII digit
+# string would raise instead of giving an error message
+NUMBER = re.compile(r"[0-9]{1,18}\Z")
+_DELAY = re.compile(r"([0-9]{1,12})([smhd])\Z")
+_SIZE = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,9}))?([bkmgtpe]?)\Z", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SCALE = "bkmgtpe"
 
@@ -191,6 +194,6 @@ class Builder:
     def number_arg(self, cur: Cursor, what: str, low: int = 0, high: int = 2**63 - 1) -> int:
         tok = cur.peek()
         text = cur.value(what)
-        if not text.isdigit() or not low <= int(text) <= high:
+        if not NUMBER.match(text) or not low <= int(text) <= high:
             raise StatementError(tok.where, f"invalid {what}: {text}")
         return int(text)

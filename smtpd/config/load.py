@@ -67,8 +67,14 @@ def load_config(
     b = Builder(path=abspath, base_dir=base, hostname=hostname or default_hostname())
     lexer = Lexer(macros)
     lexer.push_file(path, text)
-    parse(b, lexer)
-    check(b, check_files)
+    try:
+        parse(b, lexer)
+        check(b, check_files)
+    except Exception as e:
+        # a bug or an exhausted resource must still not show a traceback
+        # to the administrator (issue 4); the fuzz test keeps this unused
+        raise ConfigError([f"{path}: internal error while reading the configuration: "
+                           f"{type(e).__name__}: {e}"]) from e
     if b.errors:
         raise ConfigError(_sorted(b.errors, lexer))
     return freeze(b)

@@ -6,7 +6,7 @@ import socket
 from typing import Any
 
 from smtpd.config import model
-from smtpd.config.builder import Builder
+from smtpd.config.builder import NUMBER, Builder
 from smtpd.config.cursor import Cursor, StatementError
 
 IF_OPTIONS = (
@@ -20,7 +20,7 @@ SOCKET_OPTIONS = ("filter", "mask-src", "no-dsn", "tag")
 def _port(cur: Cursor) -> int:
     tok = cur.peek()
     text = cur.value("port")
-    if text.isdigit():
+    if NUMBER.match(text):
         port = int(text)
         if not 0 < port <= 65535:
             raise StatementError(tok.where, f"invalid port: {text}")
