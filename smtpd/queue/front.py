@@ -359,6 +359,7 @@ class QueueFront:
     def corrupt(self, msgid: int, reason: str) -> None:
         """Move a message and its envelopes aside to corrupt/, with the reason."""
         log.warning("queue: message %08x moved to corrupt: %s", msgid, reason)
+        reason = " ".join(reason.split())  # one line, whatever the error text held
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.backend.put(Kind.CORRUPT_REASON, msgid, f"{stamp} {reason}\n".encode())
         for evpid in self.message_envelopes(msgid):
@@ -369,6 +370,16 @@ class QueueFront:
             self.backend.put(Kind.CORRUPT_MESSAGE, msgid, src)
         self.backend.delete(Kind.MESSAGE, msgid)
         self._cache.evict_message(msgid)
+
+    def corrupted(self) -> Iterator[tuple[int, str]]:
+        """(msgid, reason) of every message moved aside, for smtpctl and logs."""
+        for msgid in self.backend.list(Kind.CORRUPT_REASON):
+            try:
+                with self.backend.get(Kind.CORRUPT_REASON, msgid) as f:
+                    reason = f.read(4096).decode("utf-8", "replace").strip()
+            except BlobNotFound:
+                continue
+            yield msgid, reason
 
     def recover(self) -> RecoverReport:
         """Start-up clean-up after a crash (see the module docstring). Only the

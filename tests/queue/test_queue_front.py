@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
@@ -415,3 +416,23 @@ def test_commit_failure_leaves_nothing_behind(factory: Factory,
     monkeypatch.undo()
     front.message_rollback(msgid)
     assert list(os.scandir(front.spool / "incoming")) == []
+
+
+def test_rekey_tool_rotates_the_spool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from smtpd.queue import rekey
+
+    spool = tmp_path / "spool"
+    front = QueueFront(FsBackend(spool), spool=spool, encryption_key="old", kdf_n=KDF_N)
+    msgid, _ = submit(front, b"Received: x\n\nrotate me\n")
+    bad, _ = submit(front, b"Received: x\n\ntampered\n")
+    _tamper(front, Kind.MESSAGE, bad)
+    assert rekey.main(["--spool", str(spool), "--compression", "--encrypt"],
+                      io.StringIO("new\nold\n")) == 0
+    assert "3 files rewritten, 1 messages in corrupt/" in capsys.readouterr().out
+    after = QueueFront(FsBackend(spool), spool=spool, compression=True, encryption_key="new")
+    with after.message_open(msgid) as f:
+        assert f.read() == b"Received: x\n\nrotate me\n"
+    assert [m for m, _ in after.corrupted()] == [bad]
+    assert "authentication failed" in dict(after.corrupted())[bad]
+    assert rekey.main(["--spool", str(spool)], io.StringIO("wrong\n")) == 1
+    assert "does not match" in capsys.readouterr().err
