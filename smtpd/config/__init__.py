@@ -5,6 +5,9 @@ Public API:
     ConfigError.errors: list of "file:line: message"
     dump(config, redact=False) -> str                     canonical text, re-parseable
     check_command(path, macros, verbose) -> int           what `smtpd -n` prints
+
+Also: smtpd.config.listen.resolve_listener(listener) -> bind addresses;
+smtpd.config.ruleset.Ruleset(config, tables).match(RuleInput) -> MatchRule | None.
 """
 
 from smtpd.config.cli import check_command
