@@ -48,6 +48,11 @@ class DecryptError(ValueError):
     """Wrong key, tampered, truncated, reordered or swapped ciphertext."""
 
 
+class UnknownKeyError(DecryptError):
+    """The file names a key id we were not given: a configuration problem
+    (a key rotated away too soon) more likely than tampering."""
+
+
 @dataclass(frozen=True, slots=True)
 class Header:
     flags: int
@@ -159,7 +164,7 @@ class Decryptor:
             header = parse_header(bytes(self._buf[:HEADER_SIZE]))
             master = self._keys.get(header.key_id)
             if master is None:
-                raise DecryptError(
+                raise UnknownKeyError(
                     f"encrypted with an unknown key (key id {header.key_id.hex()})"
                 )
             self._header = header

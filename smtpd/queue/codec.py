@@ -20,6 +20,7 @@ from smtpd.crypto.kdf import MasterKey
 from smtpd.crypto.stream import (
     FLAG_COMPRESSED,
     DecryptError,
+    UnknownKeyError,
     decrypt_chunks,
     encrypt_chunks,
     is_encrypted,
@@ -57,7 +58,7 @@ def decode(
     stream = itertools.chain([head] if head else [], it)
     if is_encrypted(head):
         if not keys:
-            raise DecryptError("encrypted, but no queue encryption key is configured")
+            raise UnknownKeyError("encrypted, but no queue encryption key is configured")
         if len(head) < 2:
             raise DecryptError("truncated header")
         plain = decrypt_chunks(keys, aad, stream)

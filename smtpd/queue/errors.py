@@ -33,6 +33,21 @@ class QueueCorrupt(QueueError):
         return self.oid >> 32 if self.kind in (Kind.ENVELOPE, Kind.CORRUPT_ENVELOPE) else self.oid
 
 
+class KeyUnavailable(QueueError):
+    """An object is encrypted with a key we were not given. Not corruption:
+    the file is left in place (retry once the key is configured)."""
+
+    def __init__(self, kind: Kind, oid: int, reason: str) -> None:
+        self.kind = kind
+        self.oid = oid
+        self.reason = reason
+        super().__init__(f"{kind} {_fmt(kind, oid)} is unreadable: {reason}")
+
+    @property
+    def msgid(self) -> int:
+        return self.oid >> 32 if self.kind in (Kind.ENVELOPE, Kind.CORRUPT_ENVELOPE) else self.oid
+
+
 class WrongKey(QueueError):
     """The ``queue encryption`` key is not the one the spool was written with."""
 

@@ -35,7 +35,7 @@ from smtpd.crypto.kdf import (
     dump_keycheck,
     load_keycheck,
 )
-from smtpd.crypto.stream import DecryptError
+from smtpd.crypto.stream import DecryptError, UnknownKeyError
 from smtpd.queue import codec
 from smtpd.queue.backend import QueueBackend
 from smtpd.queue.blob import READ_CHUNK, BlobNotFound, Kind, chunk_stream, iter_source
@@ -47,13 +47,16 @@ from smtpd.queue.envelope import (
     dump_envelope,
     load_envelope,
 )
-from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError, WrongKey
+from smtpd.queue.errors import KeyUnavailable, NotFound, QueueCorrupt, QueueError, WrongKey
 from smtpd.queue.ids import check_msgid, evpid_to_msgid, new_evpid, new_msgid
 from smtpd.queue.spool import DIR_MODE, FILE_MODE, clear_dir, prepare_spool, remove_tree
 
 log = logging.getLogger("smtpd.queue")
 
 _DECODE_ERRORS = (DecryptError, CompressError)
+
+
+OnCorrupt = Callable[[QueueCorrupt | KeyUnavailable], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +66,18 @@ class RecoverReport:
     orphan_messages: int  # messages whose last envelope was already removed
 
 
+def _decode_error(kind: Kind, oid: int, exc: Exception) -> QueueError:
+    if isinstance(exc, UnknownKeyError):
+        return KeyUnavailable(kind, oid, str(exc))
+    return QueueCorrupt(kind, oid, str(exc))
+
+
 def _guard(kind: Kind, oid: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Turn decode errors found mid-stream into a QueueCorrupt naming the object."""
     try:
         yield from chunks
     except _DECODE_ERRORS as exc:
-        raise QueueCorrupt(kind, oid, str(exc)) from None
+        raise _decode_error(kind, oid, exc) from None
 
 
 class QueueFront:
@@ -144,7 +153,7 @@ class QueueFront:
         try:
             chunks = codec.decode(raw, keys=self._keys, aad=codec.label(kind, oid))
         except _DECODE_ERRORS as exc:
-            raise QueueCorrupt(kind, oid, str(exc)) from None
+            raise _decode_error(kind, oid, exc) from None
         return _guard(kind, oid, chunks)
 
     def _get(self, kind: Kind, oid: int) -> BinaryIO:
@@ -419,15 +428,15 @@ class QueueFront:
             )
         return report
 
-    def walk(
-        self, on_corrupt: Callable[[QueueCorrupt], None] | None = None
-    ) -> Iterator[Envelope]:
+    def walk(self, on_corrupt: OnCorrupt | None = None) -> Iterator[Envelope]:
         """Every committed envelope exactly once, in evpid order, even while the
         spool changes: the cursor only moves forward (an evpid is never yielded
         twice), the backend lists each directory when it reaches it (every
         envelope present throughout is seen). A message's envelopes are all
         loaded before any is yielded: if one is corrupt, the message moves to
-        corrupt/, is reported to ``on_corrupt`` and none of it is yielded."""
+        corrupt/, is reported to ``on_corrupt`` and none of it is yielded. A
+        message encrypted with a key we lack (KeyUnavailable) is reported and
+        skipped but left in place."""
         cursor = 0
         batch: list[int] = []
         for evpid in self.backend.list(Kind.ENVELOPE):
@@ -441,17 +450,18 @@ class QueueFront:
         if batch:
             yield from self._walk_message(batch, on_corrupt)
 
-    def _walk_message(
-        self, evpids: list[int], on_corrupt: Callable[[QueueCorrupt], None] | None
-    ) -> list[Envelope]:
+    def _walk_message(self, evpids: list[int], on_corrupt: OnCorrupt | None) -> list[Envelope]:
         envs = []
         for evpid in evpids:
             try:
                 envs.append(self.envelope_load(evpid))
             except NotFound:
                 continue  # removed since its directory was listed
-            except QueueCorrupt as exc:
-                self.corrupt(evpid >> 32, str(exc))
+            except (QueueCorrupt, KeyUnavailable) as exc:
+                if isinstance(exc, QueueCorrupt):
+                    self.corrupt(evpid >> 32, str(exc))
+                else:
+                    log.warning("queue: message %08x skipped: %s", evpid >> 32, exc)
                 if on_corrupt is not None:
                     on_corrupt(exc)
                 return []
@@ -484,6 +494,8 @@ class QueueFront:
                     count += 1
             except QueueCorrupt as exc:
                 self.corrupt(msgid, str(exc))
+            except KeyUnavailable as exc:
+                log.warning("queue: message %08x not rewritten: %s", msgid, exc)
         return count
 
     def stats(self) -> dict[str, int]:

@@ -14,7 +14,7 @@ import pytest
 from smtpd.crypto.stream import CHUNK_SIZE
 from smtpd.queue.backend import BACKENDS, Kind, QueueBackend, make_backend
 from smtpd.queue.envelope import DeliveryType, Envelope, EnvelopeFlag
-from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError, WrongKey
+from smtpd.queue.errors import KeyUnavailable, NotFound, QueueCorrupt, QueueError, WrongKey
 from smtpd.queue.front import QueueFront
 from smtpd.queue.fs import FsBackend
 
@@ -292,7 +292,7 @@ def test_corrupt_envelope_in_walk_moves_message_aside(factory: Factory, compress
     with pytest.raises(QueueCorrupt) as info:
         fresh.envelope_load(bad_evps[1])
     assert f"{bad_evps[1]:016x}" in str(info.value)
-    reported: list[QueueCorrupt] = []
+    reported: list[QueueCorrupt | KeyUnavailable] = []
     assert [e.evpid for e in fresh.walk(reported.append)] == good_evps
     assert [r.msgid for r in reported] == [bad]
     assert list(fresh.backend.list(Kind.CORRUPT_ENVELOPE)) == bad_evps
@@ -323,12 +323,23 @@ def test_wrong_key_refused_at_start(factory: Factory) -> None:
         factory(encryption_key="")
 
 
-def test_encrypted_spool_without_key_is_corrupt_per_message(factory: Factory) -> None:
+def test_missing_key_is_not_corruption(factory: Factory) -> None:
+    """Dropping ``queue encryption`` with encrypted mail queued must not
+    move every message to corrupt/: the files wait for the key."""
     front = factory(encryption_key="k")
-    _, evpids = submit(front, b"Received: x\n\nhi\n")
+    msgid, evpids = submit(front, b"Received: x\n\nhi\n")
     plain = factory()
-    with pytest.raises(QueueCorrupt, match="no queue encryption key"):
+    with pytest.raises(KeyUnavailable, match="no queue encryption key") as info:
         plain.envelope_load(evpids[0])
+    assert info.value.msgid == msgid
+    with pytest.raises(KeyUnavailable):
+        plain.message_fd_for_delivery(msgid)
+    reported: list[QueueCorrupt | KeyUnavailable] = []
+    assert list(plain.walk(reported.append)) == []
+    assert [type(r) for r in reported] == [KeyUnavailable]
+    assert plain.rewrite_all() == 0
+    assert list(plain.backend.list(Kind.CORRUPT_MESSAGE)) == []
+    assert [e.evpid for e in factory(encryption_key="k").walk()] == evpids
 
 
 def test_key_rotation_and_rewrite(factory: Factory) -> None:
