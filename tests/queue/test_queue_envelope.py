@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpd.queue.envelope import (
     BounceType,
@@ -174,3 +177,35 @@ def test_render_upstream_show_envelope() -> None:
     assert "sender: @\n" in evil and "errorline: 550 x\\nrcpt: forged\n" in evil
     assert "esc-class: 5\nesc-code: 10\n" in evil
     assert evil.endswith("bounce-ttl: 5\nbounce-delay: 0\nbounce-type: delayed\n")
+
+
+# --- property tests -------------------------------------------------------
+
+
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(errorline=_text, helo=_text, sender=_text, dest=_text)
+def test_any_text_round_trips_on_its_own_lines(errorline: str, helo: str, sender: str,
+                                               dest: str) -> None:
+    env = make_env(errorline=errorline, helo=helo, sender=sender, dest=dest)
+    data = dump_envelope(env)
+    assert load_envelope(data) == env
+    assert len(data.split(b"\n")) == len(envelope_items(env)) + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_raise_only_envelope_error(data: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        load_envelope(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 400), st.binary(min_size=1, max_size=8))
+def test_mutated_envelope_raises_only_envelope_error(pos: int, junk: bytes) -> None:
+    good = dump_envelope(full_env())
+    pos = min(pos, len(good))
+    with contextlib.suppress(EnvelopeError):
+        load_envelope(good[:pos] + junk + good[pos:])
