@@ -31,13 +31,14 @@ import gc
 import os
 import pwd
 import signal
-import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import smtpd.mda
 from imsg import codec
+from smtpd.config.model import ActionKind, Config
 from smtpd.mda.types import (
     DeliveryMethod,
     DeliveryRequest,
@@ -46,6 +47,8 @@ from smtpd.mda.types import (
     permfail,
     tempfail,
 )
+from smtpd.queue.envelope import DeliveryType, EnvelopeError, load_envelope
+from smtpd.smtp.address import AddressError, parse_path
 
 OnResult = Callable[[int, str, str, str], None]
 
@@ -95,8 +98,13 @@ class DeliveryRunner:
     "ok", "tempfail" or "permfail"; detail is "" when there is none (for
     maildir it is the delivered file name)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_result: OnResult,
-                 max_concurrent: int = 16, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        on_result: OnResult,
+        max_concurrent: int = 16,
+        timeout: float = 600.0,
+    ) -> None:
         if max_concurrent < 1 or timeout <= 0:
             raise ValueError("need max_concurrent >= 1 and timeout > 0")
         self.loop = loop
@@ -121,8 +129,9 @@ class DeliveryRunner:
 
     # -- starting ---------------------------------------------------------------
 
-    def start(self, request: DeliveryRequest, message_fd: int,
-              expected_name: str | None = None) -> None:
+    def start(
+        self, request: DeliveryRequest, message_fd: int, expected_name: str | None = None
+    ) -> None:
         """Deliver `request`; `message_fd` is handed over (closed here after
         the fork).  `expected_name` is the maildir file name recorded in the
         envelope (mda-delivered) for exactly-once redelivery."""
@@ -317,7 +326,122 @@ def _decode_result(data: bytes) -> tuple[str, str, str]:
     return status, _clean(text), _clean(detail)
 
 
+# -- from an envelope to a request ------------------------------------------------
+
+_METHODS = {
+    ActionKind.MAILDIR: DeliveryMethod.MAILDIR,
+    ActionKind.MBOX: DeliveryMethod.MBOX,
+    ActionKind.MDA: DeliveryMethod.MDA,
+    ActionKind.LMTP: DeliveryMethod.LMTP,
+}
+
+
+def _bad_chars(value: str) -> bool:
+    return any(c in value for c in "\r\n\0")
+
+
+def _valid_mailbox(value: str) -> bool:
+    """A full `local@domain` as RFC 5321 §4.1.2 has it (quoted locals too)."""
+    if not value or _bad_chars(value):
+        return False
+    try:
+        mailbox, rest = parse_path(f"<{value}>")
+    except AddressError:
+        return False
+    return mailbox is not None and not rest
+
+
+def _valid_user(name: str) -> bool:
+    return bool(name) and not name.startswith("-") and "/" not in name and all(
+        c.isprintable() and not c.isspace() for c in name)
+
+
+def build_request(envelope_text: str, config: Config, hostname: str, *,
+                  timeout: float = 300.0) -> DeliveryRequest | DeliveryResult:
+    """Re-validate an envelope from the queue and say how to deliver it.
+
+    The privileged side trusts nothing the queue says (DESIGN.md §4,
+    CVE-2020-7247): addresses must parse as RFC 5321 mailboxes without CR,
+    LF or NUL, the action must exist and deliver locally, and as root the
+    user must exist in passwd.  Returns the request, or the result to report
+    instead (permfail for what can never work, tempfail for what an
+    administrator can fix).  `timeout` bounds mda commands and LMTP sessions
+    inside the child (keep it below the runner's own timeout)."""
+    try:
+        env = load_envelope(envelope_text.encode("utf-8", "surrogatepass"))
+    except (EnvelopeError, UnicodeError) as exc:
+        return permfail(f"554 5.3.0 Malformed envelope: {_clean(str(exc))}")
+    if env.type is not DeliveryType.MDA:
+        return permfail(f"554 5.3.5 Envelope of type {env.type} is not a local delivery")
+    for name, value, empty_ok in (("sender", env.sender, True), ("rcpt", env.rcpt, False),
+                                  ("dest", env.dest, False),
+                                  ("orig-rcpt", env.orig_rcpt, True)):
+        if not (empty_ok and value == "") and not _valid_mailbox(value):
+            return permfail(f"550 5.1.3 Invalid {name} address in envelope")
+    action = config.actions.get(env.dispatcher)
+    if action is None:
+        return tempfail(f"451 4.3.5 No action named {_clean(env.dispatcher)!r} in the "
+                        "configuration")
+    method = _METHODS.get(action.kind)
+    if method is None:
+        return permfail(f"554 5.3.5 Action {action.name!r} does not deliver locally")
+    if action.userbase_table is not None:
+        return tempfail(f"451 4.3.5 Action {action.name!r}: userbase tables are not "
+                        "supported for delivery yet")
+    wrapper: str | None = None
+    if action.wrapper is not None:
+        wrapper = config.mda_wrappers.get(action.wrapper)
+        if wrapper is None:
+            return tempfail(f"451 4.3.5 No mda wrapper named {action.wrapper!r}")
+    command = env.mda_exec or action.mda_command or ""
+    if env.mda_exec:
+        method = DeliveryMethod.MDA  # a |command of a .forward file
+    if method is DeliveryMethod.MDA and not command:
+        return tempfail(f"451 4.3.5 Action {action.name!r} has no mda command")
+
+    user = env.mda_user or action.user or ""
+    if not _valid_user(user):
+        return permfail("550 5.1.1 Invalid or missing user in envelope")
+    try:
+        pw: pwd.struct_passwd | None = pwd.getpwnam(user)
+    except KeyError:
+        pw = None
+    if os.geteuid() == 0:
+        if pw is None:
+            # upstream mda.c: "Permanent failure in user lookup"
+            return permfail(f"550 5.1.1 Permanent failure in user lookup: {user}")
+        uid, gid, home = pw.pw_uid, pw.pw_gid, pw.pw_dir
+        if uid == 0 and env.mda_exec:
+            return permfail("550 5.7.1 Refusing to run a command from an envelope as root")
+    else:
+        # Unprivileged daemon: every delivery runs as us (DESIGN.md §1).
+        uid, gid = os.getuid(), os.getgid()
+        home = pw.pw_dir if pw is not None else os.path.expanduser("~")
+    return DeliveryRequest(
+        evpid=env.evpid,
+        sender=env.sender,
+        rcpt=env.dest,
+        orig_rcpt=env.orig_rcpt or env.rcpt,
+        user=user,
+        uid=uid,
+        gid=gid,
+        home=home,
+        method=method,
+        hostname=hostname,
+        maildir=action.maildir_path or "~/Maildir",
+        junk=action.junk,
+        command=command,
+        wrapper=wrapper,
+        lmtp_dest=action.lmtp_destination or "",
+        lmtp_rcpt_to=action.lmtp_rcpt_to,
+        subaddress=env.mda_subaddress,
+        subaddress_delim=config.smtp.sub_addr_delim,
+        timeout=timeout,
+    )
+
+
 # -- the child ---------------------------------------------------------------------
+
 
 class _Terminated(BaseException):
     """SIGTERM in the child: the runner's timeout.  A BaseException so that no
@@ -329,8 +453,9 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise _Terminated
 
 
-def _child_main(request: DeliveryRequest, fd: int, wfd: int,
-                expected_name: str | None) -> NoReturn:  # pragma: no cover - child
+def _child_main(
+    request: DeliveryRequest, fd: int, wfd: int, expected_name: str | None
+) -> NoReturn:  # pragma: no cover - child
     code = 70  # EX_SOFTWARE unless the result reaches the pipe
     try:
         try:
@@ -354,23 +479,27 @@ def _child_main(request: DeliveryRequest, fd: int, wfd: int,
         except _Terminated:
             result = tempfail(TIMED_OUT)
         except BaseException as exc:
-            _stderr(f"mda: delivery of {request.evpid:016x} failed: "
-                    + "".join(traceback.format_exception(exc)))
+            _stderr(
+                f"mda: delivery of {request.evpid:016x} failed: "
+                + "".join(traceback.format_exception(exc))
+            )
             result = tempfail(FAILED)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _write_all(wfd, codec.pack([result.status.value, result.text, result.detail or ""]))
         code = 0
-    except BaseException:
-        pass
+    except BaseException as exc:
+        _stderr(f"mda: delivery of {request.evpid:016x}: no result: "
+                + "".join(traceback.format_exception(exc)))
     os._exit(code)
 
 
-def _deliver(request: DeliveryRequest, fd: int,
-             expected_name: str | None) -> DeliveryResult:  # pragma: no cover - child
-    from smtpd.mda import deliver
-
+def _deliver(
+    request: DeliveryRequest, fd: int, expected_name: str | None
+) -> DeliveryResult:  # pragma: no cover - child
+    # smtpd.mda was imported by the parent: after the privilege drop the
+    # child may not be allowed to read the interpreter's files to import.
     with os.fdopen(fd, "rb") as source:
-        return deliver(request, source, expected_name)
+        return smtpd.mda.deliver(request, source, expected_name)
 
 
 def _close_inherited(keep: set[int]) -> None:  # pragma: no cover - child
@@ -381,9 +510,13 @@ def _close_inherited(keep: set[int]) -> None:  # pragma: no cover - child
     limit = max(limit, max(keep) + 1)
     low = 0
     for fd in sorted(keep):
-        os.closerange(low, fd)
+        # Never an empty range: CPython 3.13 turns closerange(0, 0) into
+        # close_range(0, (unsigned)-1), which closes every fd (seen here).
+        if low < fd:
+            os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, limit)
+    if low < limit:
+        os.closerange(low, limit)
 
 
 def _drop_privileges(request: DeliveryRequest) -> None:  # pragma: no cover - child
@@ -413,23 +546,10 @@ def _drop_privileges(request: DeliveryRequest) -> None:  # pragma: no cover - ch
 def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - child
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _stderr(text: str) -> None:  # pragma: no cover - child
     # Not the logging module: its handlers may hold fds closed in this child.
     with contextlib.suppress(OSError):
         _write_all(2, text.encode("utf-8", "replace"))
-
-
-__all__ = [
-    "FAILED",
-    "TIMED_OUT",
-    "DeliveryMethod",
-    "DeliveryRunner",
-    "OnResult",
-    "describe_wait_status",
-    "permfail",
-]
-
-_ = sys  # stderr is fd 2 here, see _stderr
