@@ -67,6 +67,7 @@ class Msg(enum.IntEnum):
     SMTP_RCPT_CHECK = 40
     LOOKUP_RCPT_RESULT = 41
     SMTP_AUTH_CHECK = 42
+    QUEUE_RCPT_CHECK = 44  # routing a bounce's recipient (the original sender)
     LOOKUP_AUTH_RESULT = 43
     # scheduling and delivery: queue <-> scheduler, queue <-> parent
     QUEUE_MESSAGE_SCHEDULE = 50
@@ -320,7 +321,8 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.SMTP_MESSAGE_ROLLBACK: Route(_S, _Q, MessageRef),
     Msg.QUEUE_REQUEST_FAILED: Route(_Q, _S, RequestFailed),
     Msg.SMTP_RCPT_CHECK: Route(_S, _L, RcptCheck),
-    Msg.LOOKUP_RCPT_RESULT: Route(_L, _S, RcptResult),
+    Msg.LOOKUP_RCPT_RESULT: Route(_L, _S | _Q, RcptResult),
+    Msg.QUEUE_RCPT_CHECK: Route(_Q, _L, RcptCheck),
     Msg.SMTP_AUTH_CHECK: Route(_S, _L, AuthCheck),
     Msg.LOOKUP_AUTH_RESULT: Route(_L, _S, AuthResult),
     Msg.QUEUE_MESSAGE_SCHEDULE: Route(_Q, _SCH, MessageSchedule),

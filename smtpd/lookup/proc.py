@@ -66,10 +66,15 @@ class LookupProcess(Child):
         self.ruleset = Ruleset(self.config, self.tables, local_names(self.config.hostname))
         self.handle(Proc.SMTP, Msg.SMTP_RCPT_CHECK, self._on_rcpt)
         self.handle(Proc.SMTP, Msg.SMTP_AUTH_CHECK, self._on_auth)
+        self.handle(Proc.QUEUE, Msg.QUEUE_RCPT_CHECK, self._on_queue_rcpt)
 
     def _on_rcpt(self, req: RcptCheck, _frame: Frame) -> None:
         ok, reply, envelopes = self.check_rcpt(req)
         self.send(Proc.SMTP, Msg.LOOKUP_RCPT_RESULT, RcptResult(req.reqid, ok, reply, envelopes))
+
+    def _on_queue_rcpt(self, req: RcptCheck, _frame: Frame) -> None:
+        ok, reply, envelopes = self.check_rcpt(req)
+        self.send(Proc.QUEUE, Msg.LOOKUP_RCPT_RESULT, RcptResult(req.reqid, ok, reply, envelopes))
 
     def check_rcpt(self, req: RcptCheck) -> tuple[bool, str, list[str]]:
         facts = SessionFacts(local=req.local, src=req.src, rdns=req.rdns, helo=req.helo,

@@ -1,13 +1,459 @@
-"""The queue process: the only one that opens spool files (DESIGN.md §4)."""
+"""The queue process: the only one that opens spool files (DESIGN.md §4).
+
+It hands smtp a writable fd for each incoming message, commits messages and
+envelopes durably before smtp may say 250, loads the spool into the scheduler
+at start, runs deliveries through the parent, and turns permanent failures
+and expiries into bounces.  A corrupt spool file is moved aside and reported,
+never fatal.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from imsg import Frame
 from smtpd import privsep
-from smtpd.msg import Proc
+from smtpd.bounce import DsnKind, DsnRecipient, Notify, should_bounce, write_dsn
+from smtpd.bounce import DsnRet as BounceRet
+from smtpd.mda.maildir import maildir_name
+from smtpd.msg import (
+    CtlReply,
+    CtlRequest,
+    DeliveryResult,
+    DeliveryStart,
+    Evpids,
+    MessageCommit,
+    MessageCreated,
+    MessageRef,
+    MessageSchedule,
+    Msg,
+    ParentDeliveryResult,
+    Proc,
+    RcptCheck,
+    RcptResult,
+    Request,
+    RequestFailed,
+)
 from smtpd.proc import Child
+from smtpd.queue.backend import make_backend
+from smtpd.queue.envelope import (
+    DeliveryType,
+    DsnNotify,
+    DsnRet,
+    Envelope,
+    EnvelopeError,
+    dump_envelope,
+    load_envelope,
+)
+from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError
+from smtpd.queue.front import QueueFront
+
+TEMPFAIL = "451 4.3.0 Temporary failure"
+NO_SPACE = "452 4.3.1 Insufficient system storage"
+# Below this much free space in the spool, new messages are refused (4xx)
+# so that accepted ones can still be delivered and bounced.
+MIN_FREE_BYTES = 64 * 1024 * 1024
+SCHEDULE_BATCH = 200      # envelope infos per QUEUE_MESSAGE_SCHEDULE frame
+LOAD_STEP = 500           # envelopes loaded per loop iteration at start
+CTL_BYTES = 8192          # control reply lines per frame, in bytes
+
+
+def scheduler_info(env: Envelope) -> list[int | str]:
+    return [env.evpid, env.type.value, env.ctime, env.ttl, env.retry, env.lasttry,
+            env.lastbounce]
+
+
+def _notify(env: Envelope) -> Notify | None:
+    if not env.dsn_notify:
+        return None
+    out = Notify(0)
+    for flag, mapped in ((DsnNotify.SUCCESS, Notify.SUCCESS), (DsnNotify.FAILURE, Notify.FAILURE),
+                         (DsnNotify.DELAY, Notify.DELAY), (DsnNotify.NEVER, Notify.NEVER)):
+        if flag in env.dsn_notify:
+            out |= mapped
+    return out
 
 
 class QueueProcess(Child):
     name = Proc.QUEUE
-    needs = frozenset({Proc.PARENT, Proc.SCHEDULER})
+    needs = frozenset({Proc.PARENT, Proc.SCHEDULER, Proc.LOOKUP})
     user = privsep.SMTPQ_USER
+
+    def chroot_dir(self) -> str | None:
+        path: str = self.config.queue_path
+        return path  # upstream: the queue is chrooted in its spool
+
+    def build(self) -> None:
+        spool = Path("/" if privsep.is_root() else self.config.queue_path)
+        qopts = self.config.queue
+        key = qopts.encryption_key if qopts.encryption else None
+        self.front = QueueFront(make_backend("fs", spool), spool=spool,
+                                compression=qopts.compression, encryption_key=key)
+        self.spool = spool
+        self.hostname = self.config.hostname
+        self.inflight: dict[int, float] = {}   # evpid -> delivery start (monotonic)
+        self.next_reqid = 1
+        # reqid -> (bounce msgid, failed envelope, kind, delete it once bounced)
+        self.bounce_pending: dict[int, tuple[int, Envelope, DsnKind, bool]] = {}
+        self.loader: Iterator[Envelope] | None = None
+        h = self.handle
+        h(Proc.SMTP, Msg.SMTP_MESSAGE_CREATE, self._on_create)
+        h(Proc.SMTP, Msg.SMTP_MESSAGE_OPEN, self._on_open)
+        h(Proc.SMTP, Msg.SMTP_MESSAGE_COMMIT, self._on_commit)
+        h(Proc.SMTP, Msg.SMTP_MESSAGE_ROLLBACK, self._on_rollback)
+        h(Proc.SCHEDULER, Msg.SCHEDULER_ENVELOPE_DELIVER, self._on_deliver)
+        h(Proc.SCHEDULER, Msg.SCHEDULER_ENVELOPE_EXPIRE, self._on_expire)
+        h(Proc.SCHEDULER, Msg.SCHEDULER_ENVELOPE_REMOVE, self._on_remove)
+        h(Proc.SCHEDULER, Msg.SCHEDULER_ENVELOPE_WARN, self._on_warn)
+        h(Proc.PARENT, Msg.PARENT_DELIVERY_RESULT, self._on_delivery_result)
+        h(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._on_bounce_route)
+        h(Proc.CONTROL, Msg.CTL_QUEUE_REQUEST, self._on_ctl)
+
+    # -- start-up: recover, then feed the scheduler incrementally ------------------
+
+    def on_live(self) -> None:
+        self.front.recover()
+        self.loader = self.front.walk()
+        self.loaded = 0
+        self.loop.call_soon(self._load_step)
+
+    def _load_step(self) -> None:
+        assert self.loader is not None
+        batch: dict[int, list[list[int | str]]] = {}
+        for _ in range(LOAD_STEP):
+            env = next(self.loader, None)
+            if env is None:
+                self._send_schedule(batch)
+                self.log.info("queue: %d envelopes loaded from the spool", self.loaded)
+                self.loader = None
+                self._update_stats()
+                return
+            batch.setdefault(env.msgid, []).append(scheduler_info(env))
+            self.loaded += 1
+        self._send_schedule(batch)
+        self.loop.call_soon(self._load_step)
+
+    def _send_schedule(self, batch: dict[int, list[list[int | str]]]) -> None:
+        for msgid, infos in batch.items():
+            for i in range(0, len(infos), SCHEDULE_BATCH):
+                self.send(Proc.SCHEDULER, Msg.QUEUE_MESSAGE_SCHEDULE,
+                          MessageSchedule(msgid, infos[i:i + SCHEDULE_BATCH]))
+
+    def _update_stats(self) -> None:
+        for key, value in self.front.stats().items():
+            self.stats.set(key, value)
+
+    # -- inbound ---------------------------------------------------------------
+
+    def _fail(self, reqid: int, reply: str) -> None:
+        self.send(Proc.SMTP, Msg.QUEUE_REQUEST_FAILED, RequestFailed(reqid, reply))
+
+    def _space_ok(self) -> bool:
+        try:
+            st = os.statvfs(self.spool)
+        except OSError:
+            return True
+        return st.f_bavail * st.f_frsize >= MIN_FREE_BYTES
+
+    def _on_create(self, req: Request, _frame: Frame) -> None:
+        if not self._space_ok():
+            self.log.warning("queue: refusing new messages: less than %d MB free in the spool",
+                             MIN_FREE_BYTES // 2**20)
+            return self._fail(req.reqid, NO_SPACE)
+        try:
+            msgid = self.front.message_create()
+        except OSError as exc:
+            self.log.warning("queue: cannot create a message: %s", exc)
+            return self._fail(req.reqid, TEMPFAIL)
+        self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_CREATED, MessageCreated(req.reqid, msgid))
+
+    def _on_open(self, req: MessageRef, _frame: Frame) -> None:
+        try:
+            fd = self.front.message_fd(req.msgid)
+        except (OSError, QueueError) as exc:
+            self.log.warning("queue: cannot open message %08x: %s", req.msgid, exc)
+            return self._fail(req.reqid, TEMPFAIL)
+        self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_FD, MessageRef(req.reqid, req.msgid), fd=fd)
+
+    def _on_commit(self, req: MessageCommit, _frame: Frame) -> None:
+        try:
+            envs = [load_envelope(text.encode()) for text in req.envelopes]
+            for env in envs:
+                self.front.envelope_create(req.msgid, env)
+            self.front.message_commit(req.msgid)
+        except (OSError, QueueError, EnvelopeError) as exc:
+            self.log.warning("queue: commit of %08x failed: %s", req.msgid, exc)
+            self._rollback(req.msgid)
+            full = isinstance(exc, OSError) and exc.errno in (28, 122)  # ENOSPC, EDQUOT
+            return self._fail(req.reqid, NO_SPACE if full else TEMPFAIL)
+        committed = [self.front.envelope_load(e) for e in self.front.message_envelopes(req.msgid)]
+        self._send_schedule({req.msgid: [scheduler_info(e) for e in committed]})
+        self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_COMMITTED, MessageRef(req.reqid, req.msgid))
+        self._update_stats()
+
+    def _rollback(self, msgid: int) -> None:
+        try:
+            self.front.message_rollback(msgid)
+        except (OSError, QueueError) as exc:
+            self.log.warning("queue: rollback of %08x: %s", msgid, exc)
+
+    def _on_rollback(self, req: MessageRef, _frame: Frame) -> None:
+        self._rollback(req.msgid)
+
+    # -- delivery --------------------------------------------------------------
+
+    def _load(self, evpid: int) -> Envelope | None:
+        try:
+            return self.front.envelope_load(evpid)
+        except NotFound:
+            return None
+        except QueueCorrupt as exc:
+            self.log.warning("queue: envelope %016x: %s", evpid, exc)
+            self._report(evpid, "permfail", str(exc), None)
+            return None
+
+    def _report(self, evpid: int, status: str, text: str, env: Envelope | None) -> None:
+        retry = env.retry if env else 0
+        lasttry = env.lasttry if env else int(time.time())
+        self.send(Proc.SCHEDULER, Msg.QUEUE_DELIVERY_RESULT,
+                  DeliveryResult(evpid, status, retry, lasttry, text))
+
+    def _on_deliver(self, req: Evpids, _frame: Frame) -> None:
+        for evpid in req.evpids:
+            env = self._load(evpid)
+            if env is None:
+                continue
+            if env.type is DeliveryType.MTA:
+                self._tempfail(env, "451 4.3.0 Relaying is not implemented yet")
+                continue
+            if env.type is DeliveryType.BOUNCE:
+                self._tempfail(env, "451 4.3.0 Bounce envelope waiting")
+                continue
+            try:
+                if not env.mda_delivered:
+                    # chosen and stored before delivery: a redelivery after a
+                    # crash finds the file instead of writing it twice
+                    env = dataclasses.replace(env, mda_delivered=maildir_name(self.hostname))
+                    self.front.envelope_update(env)
+                fd = self.front.message_fd_for_delivery(env.msgid)
+            except QueueCorrupt as exc:
+                self.log.warning("queue: message %08x: %s", env.msgid, exc)
+                self.front.corrupt(env.msgid, str(exc))
+                self._report(evpid, "permfail", f"554 5.3.0 {exc}", env)
+                continue
+            except (OSError, QueueError) as exc:
+                self._tempfail(env, f"451 4.3.0 Queue error: {exc}")
+                continue
+            self.inflight[evpid] = time.monotonic()
+            self.send(Proc.PARENT, Msg.QUEUE_DELIVERY_START,
+                      DeliveryStart(evpid, dump_envelope(env).decode()), fd=fd)
+
+    def _on_delivery_result(self, res: ParentDeliveryResult, _frame: Frame) -> None:
+        started = self.inflight.pop(res.evpid, None)
+        env = self._load(res.evpid)
+        if env is None:
+            return
+        delay = int(time.time()) - env.ctime
+        ok = res.status == "ok"
+        self.log.info("%016x mda delivery evpid=%016x from=<%s> to=<%s> rcpt=<%s> user=%s "
+                      "delay=%ds result=%s stat=%s", res.evpid, res.evpid, env.sender,
+                      env.dest, env.rcpt, env.mda_user, delay,
+                      {"ok": "Ok", "tempfail": "TempFail"}.get(res.status, "PermFail"),
+                      res.text)
+        if started is not None:
+            self.stats.observe("queue.delivery.latency", int((time.monotonic() - started) * 1e9))
+        if ok:
+            self._delete(env)
+            self._report(env.evpid, "ok", res.text, env)
+        elif res.status == "tempfail":
+            self._tempfail(env, res.text)
+        else:
+            self._permfail(env, res.text, DsnKind.FAILED)
+
+    def _tempfail(self, env: Envelope, text: str) -> None:
+        env = dataclasses.replace(env, retry=env.retry + 1, lasttry=int(time.time()),
+                                  errorline=text)
+        try:
+            self.front.envelope_update(env)
+        except (OSError, QueueError) as exc:
+            self.log.warning("queue: envelope %016x update failed: %s", env.evpid, exc)
+        self._report(env.evpid, "tempfail", text, env)
+
+    def _permfail(self, env: Envelope, text: str, kind: DsnKind) -> None:
+        self._report(env.evpid, "permfail", text, env)
+        self._bounce_then_delete(env, text, kind)
+
+    def _delete(self, env: Envelope) -> None:
+        try:
+            self.front.envelope_delete(env.evpid)
+        except (OSError, QueueError) as exc:
+            self.log.warning("queue: envelope %016x delete failed: %s", env.evpid, exc)
+        self._update_stats()
+
+    # -- bounces ---------------------------------------------------------------
+
+    def _bounce_then_delete(self, env: Envelope, text: str, kind: DsnKind,
+                            delete: bool = True) -> None:
+        """Build the DSN as a new message, route it through lookup, commit it,
+        and only then delete the failed envelope: nothing is lost on a crash."""
+        if not should_bounce(env.sender, _notify(env), kind):
+            if not env.sender:
+                self.log.info("queue: %016x failed with null sender, no bounce (double "
+                              "bounce dropped): %s", env.evpid, text)
+            if delete:
+                self._delete(env)
+            return
+        try:
+            msgid = self.front.message_create()
+            fd = self.front.message_fd(msgid)
+            with os.fdopen(fd, "wb") as out, self.front.message_open(env.msgid) as original:
+                status = _status_of(text, kind)
+                write_dsn(out, kind, self.hostname, env.sender,
+                          [DsnRecipient(final_rcpt=env.dest if "@" in env.dest else env.rcpt,
+                                        orig_rcpt=env.dsn_orcpt or None, status=status,
+                                        diagnostic=text)],
+                          original,
+                          ret=BounceRet.FULL if env.dsn_ret is DsnRet.FULL else BounceRet.HDRS,
+                          envid=env.dsn_envid or None,
+                          arrival_date=datetime.fromtimestamp(env.ctime, UTC),
+                          delay=int(time.time()) - env.ctime)
+        except (OSError, QueueError) as exc:
+            self.log.warning("queue: cannot build bounce for %016x: %s", env.evpid, exc)
+            if delete:
+                self._delete(env)
+            return
+        reqid = self.next_reqid
+        self.next_reqid += 1
+        self.bounce_pending[reqid] = (msgid, env, kind, delete)
+        template = Envelope(evpid=0, type=DeliveryType.MDA, dispatcher="-", sender="",
+                            rcpt=env.sender, dest=env.sender, ctime=int(time.time()),
+                            ttl=self.config.queue.ttl, orig_rcpt=env.sender,
+                            smtpname=self.hostname, hostname=self.hostname, sockaddr="local",
+                            dsn_notify=DsnNotify.NEVER)
+        self.send(Proc.LOOKUP, Msg.QUEUE_RCPT_CHECK, RcptCheck(
+            reqid=reqid, listener_tag="", local=True, src="local", rdns="", helo=self.hostname,
+            tls=False, auth_user="", sender="", rcpt=env.sender,
+            template=dump_envelope(template).decode()))
+
+    def _on_bounce_route(self, res: RcptResult, _frame: Frame) -> None:
+        pending = self.bounce_pending.pop(res.reqid, None)
+        if pending is None:
+            return
+        msgid, env, kind, delete = pending
+        if not res.ok:
+            self.log.warning("queue: bounce for %016x to <%s> undeliverable (%s): dropped",
+                             env.evpid, env.sender, res.reply)
+            self._rollback(msgid)
+        else:
+            try:
+                for envelope_text in res.envelopes:
+                    self.front.envelope_create(msgid, load_envelope(envelope_text.encode()))
+                self.front.message_commit(msgid)
+                committed = [self.front.envelope_load(e)
+                             for e in self.front.message_envelopes(msgid)]
+                self._send_schedule({msgid: [scheduler_info(e) for e in committed]})
+                self.stats.increment("queue.bounce")
+                self.log.info("%016x bounce %s to=<%s> msgid=%08x", env.evpid, kind.value,
+                              env.sender, msgid)
+            except (OSError, QueueError, EnvelopeError) as exc:
+                self.log.warning("queue: bounce commit failed: %s", exc)
+                self._rollback(msgid)
+        if delete:
+            self._delete(env)
+
+    # -- scheduler decisions -------------------------------------------------
+
+    def _on_expire(self, req: Evpids, _frame: Frame) -> None:
+        for evpid in req.evpids:
+            env = self._load(evpid)
+            if env is None:
+                continue
+            self.log.info("%016x envelope expired", evpid)
+            # COMPAT.md: 6.8 reports an expiry as "delayed", status 4.4.7.
+            self._bounce_then_delete(env, "450 4.4.7 Envelope expired", DsnKind.DELAYED)
+
+    def _on_warn(self, req: Evpids, _frame: Frame) -> None:
+        for evpid in req.evpids:
+            env = self._load(evpid)
+            if env is None:
+                continue
+            self._bounce_then_delete(env, env.errorline or "451 4.4.7 Delivery delayed",
+                                     DsnKind.DELAYED, delete=False)
+            with contextlib.suppress(OSError, QueueError):
+                self.front.envelope_update(dataclasses.replace(env, lastbounce=int(time.time())))
+
+    def _on_remove(self, req: Evpids, _frame: Frame) -> None:
+        for evpid in req.evpids:
+            env = self._load(evpid)
+            if env is None:
+                continue
+            self._delete(env)
+            self.log.info("%016x envelope removed", evpid)
+
+    # -- smtpctl ------------------------------------------------------------------
+
+    def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
+        try:
+            lines, status = self._ctl_lines(req)
+        except (OSError, QueueError) as exc:
+            lines, status = [f"smtpctl: {exc}"], 1
+        self._ctl_send(req.reqid, status, lines)
+
+    def _ctl_send(self, reqid: int, status: int, lines: list[str]) -> None:
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            line = line[:CTL_BYTES]
+            if size + len(line) > CTL_BYTES and chunk:
+                self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY, CtlReply(reqid, status, chunk, False))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line) + 8
+        self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY, CtlReply(reqid, status, chunk, True))
+
+    def _ctl_lines(self, req: CtlRequest) -> tuple[list[str], int]:
+        match req.verb:
+            case "list":
+                return [self._queue_line(env) for env in self.front.walk()], 0
+            case "envelope":
+                env = self._load(int(req.args[0], 16))
+                if env is None:
+                    return ["smtpctl: no such envelope"], 1
+                return dump_envelope(env).decode().splitlines(), 0
+            case "message":
+                oid = int(req.args[0], 16)
+                msgid = oid >> 32 if oid > 0xFFFFFFFF else oid
+                try:
+                    with self.front.message_open(msgid) as src:
+                        return src.read().decode("utf-8", "replace").splitlines(), 0
+                except NotFound:
+                    return ["smtpctl: no such message"], 1
+        return [f"smtpctl: unknown queue request {req.verb}"], 1
+
+    def _queue_line(self, env: Envelope) -> str:
+        # upstream's show queue: evpid|family|type|flags|sender|rcpt|dest|ctime|expire|
+        # lasttry|retry|runstate|nexttry|errorline  (runstate/nexttry: the scheduler's)
+        family = "local" if env.sockaddr == "local" else (
+            "inet6" if env.sockaddr.startswith("[") else "inet4")
+        flags = ",".join(f.name.lower() for f in type(env.flags) if f in env.flags and f.name)
+        return "|".join([
+            f"{env.evpid:016x}", family, env.type.value, flags, env.sender, env.rcpt, env.dest,
+            str(env.ctime), str(env.expire), str(env.lasttry), str(env.retry),
+            "inflight" if env.evpid in self.inflight else "pending", "-1",
+            env.errorline])
+
+
+def _status_of(text: str, kind: DsnKind) -> str:
+    parts = text.split()
+    if len(parts) > 1 and parts[1].count(".") == 2 and parts[1][0] in "245":
+        return parts[1]
+    if kind is DsnKind.DELAYED:
+        return "4.0.0"
+    return "5.0.0"
+
