@@ -32,6 +32,8 @@ def check_command(
             print(line, file=err)
         return 1
     if verbose:
+        for name in config.unused_macros:
+            print(f"warning: macro '{name}' not used", file=err)
         out.write(dump(config, redact=True))
         out.flush()
     if config.warnings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from collections.abc import Mapping
@@ -77,7 +78,7 @@ def load_config(
                            f"{type(e).__name__}: {e}"]) from e
     if b.errors:
         raise ConfigError(_sorted(b.errors, lexer))
-    return freeze(b)
+    return dataclasses.replace(freeze(b), unused_macros=tuple(lexer.unused_macros()))
 
 
 def _sorted(errors: list[str], lexer: Lexer) -> list[str]:

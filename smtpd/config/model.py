@@ -362,6 +362,8 @@ class Config:
     # "file:line: X is not supported yet": parsed but not built; smtpd -n
     # reports them as errors.
     warnings: tuple[str, ...] = ()
+    # macros defined but never used (smtpd -v -n says so, as upstream)
+    unused_macros: tuple[str, ...] = ()
 
     @property
     def queue_path(self) -> str:

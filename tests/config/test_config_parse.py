@@ -250,3 +250,16 @@ def test_dump_reparses_to_same_dump(tmp_path: Path) -> None:
         replace(a, source="") for a in c.actions.values()]
     assert [replace(x, source="") for x in c2.listeners] == [
         replace(x, source="") for x in c.listeners]
+
+
+def test_unused_macros_reported_with_verbose(tmp_path: Path) -> None:
+    import io
+
+    from smtpd.config import check_command
+
+    f = tmp_path / "smtpd.conf"
+    f.write_text('used = "l"\nspare = "x"\naction $used mbox\nmatch for local action l\n')
+    out, err = io.StringIO(), io.StringIO()
+    assert check_command(str(f), {}, True, stdout=out, stderr=err) == 0
+    assert err.getvalue() == "warning: macro 'spare' not used\nconfiguration OK\n"
+    assert 'action "l" mbox' in out.getvalue()
