@@ -378,3 +378,15 @@ def test_listing_messages_and_envelopes() -> None:
         rq.delete(e)
     assert rq.messages(0, 10) == [10, 30]
     assert rq.envelopes(evp(20, 0), 10) == []
+
+
+def test_stale_ready_entry_never_hands_out_a_reused_slot_as_the_wrong_type() -> None:
+    rq = RamQueue()
+    (a,) = add(rq, 1, kind=MTA)
+    rq.batch(Sched.NONE, T0, 10)  # a is due: in the MTA ready list
+    rq.suspend(a)  # its entry there is now stale
+    rq.remove(a, T0)
+    assert drain(rq, T0, Sched.REMOVE) == [Batch(BatchKind.REMOVE, (a,))]
+    (b,) = add(rq, 2, kind=MDA)  # takes a's slot, due at once
+    assert handed(rq, T0, Sched.MTA) == []
+    assert handed(rq, T0, Sched.MDA) == [b]
