@@ -141,6 +141,22 @@ class DeliveryRunner:
         self._pending.append(_Pending(request, message_fd, expected_name))
         self._start_waiting()
 
+    def start_envelope(self, envelope_text: str, message_fd: int, config: Config,
+                       hostname: str) -> None:
+        """What the parent does on QUEUE_DELIVERY_START: `plan_delivery`, then
+        `start`; a refused envelope is reported through on_result (from the
+        loop) with its permfail/tempfail and the fd is closed."""
+        plan = plan_delivery(envelope_text, config, hostname,
+                             timeout=max(1.0, self.timeout - KILL_GRACE - 1.0))
+        if isinstance(plan, DeliveryResult):
+            os.close(message_fd)
+            evpid = _evpid_of(envelope_text)
+            self.loop.call_soon(self.on_result, evpid, plan.status.value, plan.text,
+                                plan.detail or "")
+            return
+        request, expected = plan
+        self.start(request, message_fd, expected)
+
     def _start_waiting(self) -> None:
         while self._pending and len(self._jobs) < self.max_concurrent and not self._closed:
             item = self._pending.popleft()
@@ -292,6 +308,16 @@ class DeliveryRunner:
         self._jobs.clear()
 
 
+def _evpid_of(envelope_text: str) -> int:
+    """The evpid line of an envelope that failed validation, else 0."""
+    for line in envelope_text.split("\n", 3)[:3]:
+        key, _, value = line.partition(": ")
+        if key == "evpid":
+            with contextlib.suppress(ValueError):
+                return int(value, 16) if len(value) == 16 else 0
+    return 0
+
+
 def describe_wait_status(status: int | None) -> str:
     if status is None or status < 0:
         return "ended"
@@ -358,7 +384,17 @@ def _valid_user(name: str) -> bool:
 
 def build_request(envelope_text: str, config: Config, hostname: str, *,
                   timeout: float = 300.0) -> DeliveryRequest | DeliveryResult:
-    """Re-validate an envelope from the queue and say how to deliver it.
+    """Re-validate an envelope from the queue: see `plan_delivery`."""
+    plan = plan_delivery(envelope_text, config, hostname, timeout=timeout)
+    return plan if isinstance(plan, DeliveryResult) else plan[0]
+
+
+def plan_delivery(envelope_text: str, config: Config, hostname: str, *,
+                  timeout: float = 300.0) -> tuple[DeliveryRequest, str | None] | DeliveryResult:
+    """The request and the maildir name recorded in the envelope (mda-delivered,
+    for exactly-once redelivery; None if none), or the result to report.
+
+    Re-validate an envelope from the queue and say how to deliver it.
 
     The privileged side trusts nothing the queue says (DESIGN.md §4,
     CVE-2020-7247): addresses must parse as RFC 5321 mailboxes without CR,
@@ -417,7 +453,7 @@ def build_request(envelope_text: str, config: Config, hostname: str, *,
         # Unprivileged daemon: every delivery runs as us (DESIGN.md §1).
         uid, gid = os.getuid(), os.getgid()
         home = pw.pw_dir if pw is not None else os.path.expanduser("~")
-    return DeliveryRequest(
+    request = DeliveryRequest(
         evpid=env.evpid,
         sender=env.sender,
         rcpt=env.dest,
@@ -438,6 +474,8 @@ def build_request(envelope_text: str, config: Config, hostname: str, *,
         subaddress_delim=config.smtp.sub_addr_delim,
         timeout=timeout,
     )
+    expected = env.mda_delivered if method is DeliveryMethod.MAILDIR else ""
+    return request, expected or None
 
 
 # -- the child ---------------------------------------------------------------------

@@ -358,3 +358,22 @@ def test_build_request_as_root_needs_an_existing_user() -> None:
     res = build_request(_envelope(mda_user="root", mda_exec="/bin/sh"),
                         _config(local=LOCAL), "mx")
     assert isinstance(res, DeliveryResult) and res.status is DeliveryStatus.PERMFAIL
+
+
+def test_start_envelope_delivers_under_the_recorded_name(tmp_path: Path) -> None:
+    action = Action("local", ActionKind.MAILDIR, "c:1", maildir_path=str(tmp_path / "M"))
+    text = _envelope(mda_delivered="1.feed.vm.test")
+    fd = _msgfd(tmp_path)
+    [(evpid, status, _, detail)] = _run(
+        lambda r: r.start_envelope(text, fd, _config(local=action), "mx.test"), 1)
+    assert (evpid, status, detail) == (0x51E7B46600000001, "ok", "1.feed.vm.test")
+    assert (tmp_path / "M" / "new" / "1.feed.vm.test").read_bytes().endswith(MSG)
+
+
+def test_start_envelope_reports_a_refused_envelope(tmp_path: Path) -> None:
+    fd = _msgfd(tmp_path)
+    [(evpid, status, text, _)] = _run(
+        lambda r: r.start_envelope(_envelope(dest="nope"), fd, _config(local=LOCAL), "mx"), 1)
+    assert (evpid, status) == (0x51E7B46600000001, "permfail") and "dest" in text
+    with pytest.raises(OSError):
+        os.fstat(fd)
