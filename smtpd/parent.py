@@ -22,7 +22,8 @@ from typing import Any
 
 from imsg import Frame
 from smtpd import __version__, privsep
-from smtpd.config.model import Config, Family, Listener, ListenerKind
+from smtpd.config.listen import ListenError, resolve_listener
+from smtpd.config.model import Config, Listener, ListenerKind
 from smtpd.msg import CHILDREN, PEERS, Empty, ListenerSend, Msg, Proc
 from smtpd.node import Node
 from smtpd.options import Options
@@ -266,35 +267,24 @@ def bind_listener(listener: Listener) -> list[socket.socket]:
     """Bind one `listen on` directive: an address, a name or an interface."""
     if listener.kind is ListenerKind.SOCKET:
         return []  # the local enqueue socket is served by control (smtpctl/sendmail)
-    host: str | None = listener.interface
-    port = listener.port
-    family = {Family.INET4: socket.AF_INET, Family.INET6: socket.AF_INET6}.get(
-        listener.family, socket.AF_UNSPEC)
-    if host in ("any", "*", "0.0.0.0"):
-        host = None if family != socket.AF_UNSPEC else "0.0.0.0"
-    elif host in ("localhost", "lo", "lo0"):
-        host = "localhost"
     try:
-        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0,
-                                   socket.AI_PASSIVE | socket.AI_NUMERICSERV)
-    except socket.gaierror as exc:
-        raise ParentError(f"{listener.source}: cannot resolve {host}: {exc.strerror}") from None
+        addresses = resolve_listener(listener)
+    except ListenError as exc:
+        raise ParentError(f"{listener.source}: {exc}") from None
     socks = []
-    seen = set()
-    for fam, kind, proto, _canon, addr in infos:
-        if (fam, addr[:2]) in seen:
-            continue
-        seen.add((fam, addr[:2]))
-        sock = socket.socket(fam, kind, proto)
+    for bind in addresses:
+        sock = socket.socket(bind.family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if fam == socket.AF_INET6:
+        if bind.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
-            sock.bind(addr)
+            sock.bind((bind.address, bind.port))
         except OSError as exc:
             sock.close()
-            raise ParentError(f"{listener.source}: cannot bind {addr[0]} port {port}: "
-                              f"{exc.strerror}") from None
+            for other in socks:
+                other.close()
+            raise ParentError(f"{listener.source}: cannot bind {bind.address} port "
+                              f"{bind.port}: {exc.strerror}") from None
         sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         socks.append(sock)

@@ -13,8 +13,8 @@ import bcrypt
 from passlib.hash import sha256_crypt, sha512_crypt
 
 from imsg import Frame
+from smtpd.config.ruleset import RuleInput, Ruleset
 from smtpd.lookup.expand import Expander, ExpandError, unknown_recipient
-from smtpd.lookup.ruleset import Ruleset, SessionFacts, domain_of
 from smtpd.msg import AuthCheck, AuthResult, Msg, Proc, RcptCheck, RcptResult
 from smtpd.proc import Child
 from smtpd.queue.envelope import EnvelopeError, dump_envelope, load_envelope
@@ -63,7 +63,8 @@ class LookupProcess(Child):
             except (TableError, TableTempFail, OSError) as exc:
                 self.log.warning("lookup: table %s: %s", name, exc)
             self.tables[name] = table
-        self.ruleset = Ruleset(self.config, self.tables, local_names(self.config.hostname))
+        self.local_names = local_names(self.config.hostname)
+        self.ruleset = Ruleset(self.config, self.tables, self.local_names)
         self.handle(Proc.SMTP, Msg.SMTP_RCPT_CHECK, self._on_rcpt)
         self.handle(Proc.SMTP, Msg.SMTP_AUTH_CHECK, self._on_auth)
         self.handle(Proc.QUEUE, Msg.QUEUE_RCPT_CHECK, self._on_queue_rcpt)
@@ -77,9 +78,9 @@ class LookupProcess(Child):
         self.send(Proc.QUEUE, Msg.LOOKUP_RCPT_RESULT, RcptResult(req.reqid, ok, reply, envelopes))
 
     def check_rcpt(self, req: RcptCheck) -> tuple[bool, str, list[str]]:
-        facts = SessionFacts(local=req.local, src=req.src, rdns=req.rdns, helo=req.helo,
-                             tls=req.tls, auth_user=req.auth_user, tag=req.listener_tag,
-                             sender=req.sender, rcpt=req.rcpt)
+        facts = RuleInput(src="local" if req.local else req.src, rcpt_to=req.rcpt,
+                          mail_from=req.sender, helo=req.helo, rdns=req.rdns or None,
+                          tag=req.listener_tag, tls=req.tls, auth_user=req.auth_user or None)
         try:
             template = load_envelope(req.template.encode())
         except EnvelopeError as exc:
@@ -92,12 +93,13 @@ class LookupProcess(Child):
             if rule is None or rule.reject or rule.action is None:
                 self.log.info("lookup: no accepting rule for from=<%s> to=<%s> src=%s",
                               req.sender, req.rcpt, req.src)
-                local = self.ruleset.is_local_domain(domain_of(req.rcpt))
+                local = facts.dest_domain in self.local_names
                 reply = str(unknown_recipient(req.rcpt)) if local or rule else RELAY_DENIED
                 return False, reply, []
 
             def rematch(address: str) -> Any:
-                return self.ruleset.match(replace(facts, rcpt=address))
+                # expanded addresses match as local, internal mail (upstream EF_INTERNAL)
+                return self.ruleset.match(replace(facts, rcpt_to=address, internal=True))
 
             expander = Expander(self.config.actions, self.tables,
                                 self.config.smtp.sub_addr_delim, rematch)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from smtpd.config import load_config
+from smtpd.config.ruleset import RuleInput, Ruleset
 from smtpd.lookup.expand import Expander, ExpandError
 from smtpd.lookup.proc import check_password
-from smtpd.lookup.ruleset import Ruleset, SessionFacts
 from smtpd.queue.envelope import DeliveryType, Envelope
 from smtpd.table.backend import open_table
 
@@ -48,9 +48,9 @@ def setup(tmp_path: Path) -> tuple[Ruleset, Expander]:
     return rules, expander
 
 
-def facts(rcpt: str, src: str = "127.0.0.1", auth: str = "") -> SessionFacts:
-    return SessionFacts(local=False, src=src, rdns="", helo="h", tls=False, auth_user=auth,
-                        tag="", sender="s@x.test", rcpt=rcpt)
+def facts(rcpt: str, src: str = "127.0.0.1", auth: str = "") -> RuleInput:
+    return RuleInput(src=src, rcpt_to=rcpt, mail_from="s@x.test", helo="h",
+                     auth_user=auth or None)
 
 
 def template(rcpt: str) -> Envelope:
