@@ -10,9 +10,12 @@ Format, version 1 (our own numbering, not upstream's ``version: 3``)::
     ...
 
 One ``key: value`` line per field, each line ending in LF, ``version`` first,
-the other keys in any order. Required keys (always written): version, evpid,
-type, dispatcher, sender, rcpt, dest, ctime, ttl. Optional keys are written
-only when they differ from their default and take that default when absent.
+the other keys in any order. Required keys (always written): version, type,
+dispatcher, sender, rcpt, dest, ctime, ttl. Optional keys are written only
+when they differ from their default and take that default when absent;
+that includes ``evpid``: the templates that travel in imsgs before the
+queue assigns an id have none (evpid 0), while every spool file must name
+the evpid it is stored under (``load_envelope(data, evpid=...)``).
 
 Fields (upstream's envelope.c names where they exist):
 
@@ -290,7 +293,7 @@ def _load_str(text: str) -> str:
 # key -> (attribute, dump, load, required)
 _Field = tuple[str, Callable[[Any], str], Callable[[str], Any], bool]
 _FIELDS: dict[str, _Field] = {
-    "evpid": ("evpid", format_evpid, _load_evpid, True),
+    "evpid": ("evpid", format_evpid, _load_evpid, False),
     "type": ("type", _dump_str, _enum_loader(DeliveryType), True),
     "dispatcher": ("dispatcher", _dump_str, _load_str, True),
     "tag": ("tag", _dump_str, _load_str, False),
@@ -324,7 +327,7 @@ _FIELDS: dict[str, _Field] = {
     "bounce-delay": ("bounce_delay", _dump_str, _load_int, False),
     "bounce-ttl": ("bounce_ttl", _dump_str, _load_int, False),
 }
-_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Envelope)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Envelope)} | {"evpid": 0}
 _KEY_RE = re.compile(r"[a-z][a-z0-9-]*")
 
 
@@ -340,8 +343,6 @@ def envelope_items(env: Envelope) -> list[tuple[str, str]]:
 
 def dump_envelope(env: Envelope) -> bytes:
     """Serialize; every value is escaped so it stays on its own line."""
-    if env.evpid == 0:
-        raise EnvelopeError("cannot dump an envelope without an evpid")
     lines = [f"{key}: {escape_value(text)}\n" for key, text in envelope_items(env)]
     try:
         data = "".join(lines).encode("utf-8")
@@ -353,7 +354,8 @@ def dump_envelope(env: Envelope) -> bytes:
 
 
 def load_envelope(data: bytes, *, evpid: int | None = None) -> Envelope:
-    """Parse ``data``; with ``evpid``, also check the file names that envelope."""
+    """Parse ``data``; with ``evpid``, also check that the text names that
+    envelope (a spool file: a missing or other evpid is an error)."""
     if len(data) > MAX_ENVELOPE_SIZE:
         raise EnvelopeError(f"envelope too large ({len(data)} bytes)")
     try:
@@ -382,7 +384,7 @@ def load_envelope(data: bytes, *, evpid: int | None = None) -> Envelope:
     missing = [k for k, spec in _FIELDS.items() if spec[3] and k not in seen]
     if missing:
         raise EnvelopeError(f"missing required key(s): {', '.join(missing)}")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"evpid": 0}
     for key, raw in seen.items():
         attr, _dump, load, _required = _FIELDS[key]
         try:

@@ -343,6 +343,8 @@ class QueueFront:
 
     def envelope_update(self, env: Envelope) -> None:
         """Replace a stored envelope (retry count, errorline...)."""
+        if env.evpid == 0:
+            raise NotFound(Kind.ENVELOPE, 0)
         self._cache.note_update(env.evpid)
         if not self._cache.contains(env.evpid) and not self._exists(Kind.ENVELOPE, env.evpid):
             raise NotFound(Kind.ENVELOPE, env.evpid)  # never resurrect a removed one

@@ -144,9 +144,17 @@ def test_evpid_binding() -> None:
         load_envelope(dump_envelope(make_env()), evpid=EVPID + 1)
 
 
-def test_dump_refuses_unassigned_and_unencodable() -> None:
-    with pytest.raises(EnvelopeError):
-        dump_envelope(make_env(evpid=0))
+def test_template_without_evpid() -> None:
+    """Templates travel in imsgs before the queue assigns an evpid."""
+    template = make_env(evpid=0)
+    data = dump_envelope(template)
+    assert b"evpid" not in data
+    assert load_envelope(data) == template
+    with pytest.raises(EnvelopeError, match="expected"):
+        load_envelope(data, evpid=EVPID)  # a spool file must name its evpid
+
+
+def test_dump_refuses_unencodable() -> None:
     with pytest.raises(EnvelopeError, match="UTF-8"):
         dump_envelope(make_env(helo="\udcff"))
 
