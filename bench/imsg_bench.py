@@ -156,6 +156,7 @@ class FixedNode(Node):
     STAT_FLUSH_DELAY = 0.5
     _profile_imsg = False
     _trace_imsg = False
+    _profile_keys: dict[Msg, str]  # per-instance cache, made by the profiles setter
 
     @property
     def profiles(self) -> Profile:
@@ -165,6 +166,8 @@ class FixedNode(Node):
     def profiles(self, value: Profile) -> None:
         self._profiles = value
         self._profile_imsg = bool(value & Profile.IMSG)
+        if not hasattr(self, "_profile_keys"):
+            self._profile_keys = {}
 
     @property
     def traces(self) -> Trace:
@@ -185,9 +188,9 @@ class FixedNode(Node):
         if self._profile_imsg:
             t0 = time.monotonic_ns()
             handler(payload, frame)
-            key = _PROFILE_KEYS.get((self.name, msg))
+            key = self._profile_keys.get(msg)
             if key is None:
-                key = _PROFILE_KEYS[(self.name, msg)] = f"profiling.imsg.{self.name}.{msg.name}"
+                key = self._profile_keys[msg] = f"profiling.imsg.{self.name}.{msg.name}"
             self.stats.observe(key, time.monotonic_ns() - t0)
         else:
             handler(payload, frame)
@@ -200,9 +203,6 @@ class FixedNode(Node):
         if self.live:
             self.loop.call_later(self.STAT_FLUSH_DELAY, self.flush_stats)
 
-
-# A cache of constant strings (the benchmark's, not daemon state).
-_PROFILE_KEYS: dict[tuple[Proc, Msg], str] = {}
 
 
 class FixedServer(FixedNode, BenchServer):
