@@ -271,7 +271,7 @@ def bind_listener(listener: Listener) -> list[socket.socket]:
         addresses = resolve_listener(listener)
     except ListenError as exc:
         raise ParentError(f"{listener.source}: {exc}") from None
-    socks = []
+    socks: list[socket.socket] = []
     for bind in addresses:
         sock = socket.socket(bind.family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
