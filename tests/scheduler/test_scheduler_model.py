@@ -207,6 +207,8 @@ class SchedulerModel(RuleBasedStateMachine):
         assert got == m.sched
         for w in WARN:
             ts = m.ctime + w
+            if ts >= m.expire:
+                break
             if m.sched >= ts and m.lastbounce < ts:
                 m.lastbounce = ts
                 m.warn = True

@@ -215,6 +215,14 @@ def test_delay_warning_respects_lastbounce_from_the_queue() -> None:
     assert drain(rq, T0 + 10, Sched.DELAY) == []
 
 
+def test_no_delay_warning_when_the_envelope_expires_before_the_warn_point() -> None:
+    rq = RamQueue(warn_intervals=(3600,))
+    (e,) = add(rq, 1, kind=MTA, ttl=3600)
+    handed(rq, T0)
+    rq.update(info(e, kind=MTA, ttl=3600, retry=3), T0 + 10)
+    assert drain(rq, T0 + 10, Sched.DELAY) == []
+
+
 def test_delay_warning_dropped_when_envelope_removed_first() -> None:
     rq = RamQueue(warn_intervals=(3600,))
     (e,) = add(rq, 1, kind=MTA)
