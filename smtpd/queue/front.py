@@ -212,7 +212,10 @@ class QueueFront:
         taken = {e.evpid for e in pending or ()}
         while True:
             evpid = new_evpid(msgid)
-            if evpid not in taken and not self._exists(Kind.ENVELOPE, evpid):
+            if evpid in taken:
+                continue
+            # A new msgid has no stored envelopes: only a committed one needs a look.
+            if pending is not None or not self._exists(Kind.ENVELOPE, evpid):
                 break
         env = dataclasses.replace(env, evpid=evpid)
         data = dump_envelope(env)  # EnvelopeError now rather than at commit
@@ -223,11 +226,12 @@ class QueueFront:
             self._cache.put(env)
         return evpid
 
-    def message_commit(self, msgid: int) -> None:
+    def message_commit(self, msgid: int) -> list[Envelope]:
         """Store the message and its envelopes durably; then it may get its 250.
 
         On a storage error (OSError) nothing is left behind in the store and
-        the message stays incoming (roll it back)."""
+        the message stays incoming (roll it back). Returns the committed
+        envelopes, evpids assigned, in evpid order (for the scheduler)."""
         envs = self._check_pending(msgid)
         if not envs:
             raise QueueError(f"message {msgid:08x}: no envelopes to commit")
@@ -258,6 +262,7 @@ class QueueFront:
         for env in envs:
             self._cache.put(env)
         remove_tree(self._incoming / f"{msgid:08x}", self._purge)
+        return sorted(envs, key=lambda e: e.evpid)
 
     def message_rollback(self, msgid: int) -> None:
         """Forget an incoming message (the transaction failed or was reset)."""

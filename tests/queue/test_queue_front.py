@@ -47,7 +47,8 @@ def submit(front: QueueFront, data: bytes, rcpts: int = 2) -> tuple[int, list[in
         f.write(data)
     evpids = [front.envelope_create(msgid, make_env(f"{RCPT_MARK}{i}@example.net"))
               for i in range(rcpts)]
-    front.message_commit(msgid)
+    committed = front.message_commit(msgid)
+    assert [e.evpid for e in committed] == sorted(evpids)
     return msgid, sorted(evpids)
 
 
