@@ -41,6 +41,7 @@ def load(rq: RamQueue, n: int, rcpts: int) -> None:
                     creation=NOW - (msgid % 3600),
                     expire=4 * 86400,
                     retry=1 + msgid % 5,
+                    dest=f"d{(msgid + j) % 100}.test",
                 )
             else:
                 info = SchedulerInfo(

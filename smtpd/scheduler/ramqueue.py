@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from .slots import (
@@ -227,7 +227,7 @@ class RamQueue(EnvelopeSlots):
                         tuple(e for e, _ in got),
                         warn_after=tuple(w for _, w in got),
                     )
-                return Batch(kind, _group_by_message(e for e, _ in got), type=etype)
+                return Batch(kind, _group(got), type=etype)
         return Batch(BatchKind.NONE, delay=self._next_delay(now))
 
     def _take(self, bit: Sched, now: int, limit: int) -> list[tuple[int, int]]:
@@ -261,7 +261,7 @@ class RamQueue(EnvelopeSlots):
             elif not f & NOT_READY and self._ready_list(s, f) is bit:
                 state[s] = INFLIGHT
                 self._tstate[s] = now
-                got.append((evpid[s], 0))
+                got.append((evpid[s], self._dest[s]))
         return got
 
     def messages(self, from_msgid: int, n: int) -> list[int]:
@@ -391,9 +391,10 @@ class RamQueue(EnvelopeSlots):
         }
 
 
-def _group_by_message(evpids: Iterator[int]) -> tuple[int, ...]:
-    """Keep first-seen order of messages, envelopes of one message adjacent."""
-    groups: dict[int, list[int]] = {}
-    for e in evpids:
-        groups.setdefault(e >> 32, []).append(e)
-    return tuple(e for group in groups.values() for e in group)
+def _group(got: list[tuple[int, int]]) -> tuple[int, ...]:
+    """Envelopes of one message adjacent, and within it those of one destination;
+    messages and destinations keep the order they were first seen in."""
+    groups: dict[int, dict[int, list[int]]] = {}
+    for evpid, dest in got:
+        groups.setdefault(evpid >> 32, {}).setdefault(dest, []).append(evpid)
+    return tuple(e for by_dest in groups.values() for group in by_dest.values() for e in group)

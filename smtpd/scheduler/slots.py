@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import zlib
 from array import array
 from collections.abc import Iterator
 from typing import Final
@@ -74,6 +75,7 @@ class EnvelopeSlots:
         self._expire = array("I")  # absolute: creation + ttl
         self._sched = array("I")  # next try (meaningful while PENDING)
         self._lastbounce = array("I")
+        self._dest = array("I")  # crc32 of the destination domain, 0 for none
         self._tstate = array("I")  # when it became SCHEDULED / INFLIGHT
         self._state = array("B")
         self._flags = array("B")
@@ -97,6 +99,7 @@ class EnvelopeSlots:
             self._expire,
             self._sched,
             self._lastbounce,
+            self._dest,
             self._tstate,
             self._state,
             self._flags,
@@ -115,6 +118,7 @@ class EnvelopeSlots:
             clamp_time(info.creation + info.expire),
             sched,
             clamp_time(info.lastbounce),
+            zlib.crc32(info.dest.lower().encode()) if info.dest else 0,
             0,
             INCOMING,
             0,

@@ -97,7 +97,9 @@ class SchedulerInfo:
     `expire` is the time-to-live in seconds (the envelope's `ttl`), counted
     from `creation`.  `retry` is the number of failed tries so far (the queue
     increments it before reporting a tempfail).  `nexttry` is informative
-    only: the scheduler computes the next try and returns it.
+    only: the scheduler computes the next try and returns it.  `dest` is not
+    upstream's: a batch puts one message's envelopes for one destination
+    next to each other so that the MTA can send them in one transaction.
     """
 
     evpid: int
@@ -108,11 +110,14 @@ class SchedulerInfo:
     lasttry: int = 0
     lastbounce: int = 0
     nexttry: int = 0
+    dest: str = ""  # the next hop's domain (MTA): batches keep a route together
 
     def __post_init__(self) -> None:
         msgid = self.evpid >> 32
         if not (0 < self.evpid <= EVPID_MAX and msgid != 0 and self.evpid & MSGID_MAX):
             raise SchedulerError(f"invalid evpid {self.evpid!r}")
+        if not isinstance(self.dest, str):
+            raise SchedulerError(f"invalid dest {self.dest!r}")
         if not isinstance(self.type, EnvelopeType):
             raise SchedulerError(f"invalid envelope type {self.type!r}")
         for name in ("creation", "expire", "retry", "lasttry", "lastbounce", "nexttry"):

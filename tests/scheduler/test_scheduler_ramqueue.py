@@ -398,3 +398,16 @@ def test_stale_ready_entry_never_hands_out_a_reused_slot_as_the_wrong_type() -> 
     (b,) = add(rq, 2, kind=MDA)  # takes a's slot, due at once
     assert handed(rq, T0, Sched.MTA) == []
     assert handed(rq, T0, Sched.MDA) == [b]
+
+
+def test_batch_keeps_a_message_and_a_destination_together() -> None:
+    rq = RamQueue()
+    dests = ["b.test", "a.test", "B.TEST", "a.test", "c.test"]
+    for i, d in enumerate(dests):
+        rq.insert(SchedulerInfo(evpid=evp(1, i + 1), type=MTA, creation=T0, expire=DAY, dest=d))
+    rq.insert(SchedulerInfo(evpid=evp(2, 1), type=MTA, creation=T0, expire=DAY, dest="a.test"))
+    rq.commit(2, T0)
+    rq.commit(1, T0)
+    (b,) = drain(rq, T0)
+    # message 2 came first; in message 1 b.test (either case), then a.test, then c.test
+    assert b.evpids == (evp(2, 1), evp(1, 1), evp(1, 3), evp(1, 2), evp(1, 4), evp(1, 5))
