@@ -14,9 +14,11 @@ registered backend):
 * ``get(kind, oid) -> BinaryIO``: a readable stream of the blob (caller
   closes); ``BlobNotFound`` if missing.
 * ``delete(kind, oid) -> bool``: durable removal; False if it was missing.
-* ``list(kind, *, after=-1) -> Iterator[int]``: the ids of ``kind`` greater
-  than ``after`` in ascending order. Changing the store while iterating is
-  allowed: no id is yielded twice, and ids present throughout are yielded.
+* ``list(kind, *, after=-1, below=None) -> Iterator[int]``: the ids of
+  ``kind`` with after < id < below in ascending order (``below`` lets a
+  caller list one message's envelopes cheaply). Changing the store while
+  iterating is allowed: no id is yielded twice, and ids present throughout
+  are yielded.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class QueueBackend(Protocol):
 
     def delete(self, kind: Kind, oid: int) -> bool: ...
 
-    def list(self, kind: Kind, *, after: int = -1) -> Iterator[int]: ...
+    def list(
+        self, kind: Kind, *, after: int = -1, below: int | None = None
+    ) -> Iterator[int]: ...
 
 
 def _fs(spool: Path) -> QueueBackend:

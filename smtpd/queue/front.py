@@ -273,12 +273,8 @@ class QueueFront:
 
     def message_envelopes(self, msgid: int) -> list[int]:
         """The evpids of a committed message, ascending."""
-        out = []
-        for evpid in self.backend.list(Kind.ENVELOPE, after=check_msgid(msgid) << 32):
-            if evpid >> 32 != msgid:
-                break
-            out.append(evpid)
-        return out
+        first = check_msgid(msgid) << 32
+        return list(self.backend.list(Kind.ENVELOPE, after=first, below=first + (1 << 32)))
 
     def message_delete(self, msgid: int) -> None:
         for evpid in self.message_envelopes(msgid):

@@ -95,35 +95,57 @@ class FsBackend:
             rmdir_if_empty(target.parent)
         return gone
 
-    def list(self, kind: Kind, *, after: int = -1) -> Iterator[int]:
-        """Ids of ``kind`` greater than ``after``, ascending, lazily."""
+    def list(
+        self, kind: Kind, *, after: int = -1, below: int | None = None
+    ) -> Iterator[int]:
+        """Ids of ``kind`` with after < id < below, ascending, lazily."""
         if kind is Kind.KEYCHECK:
-            if after < 0 and self.path(kind, 0).is_file():
+            if after < 0 and (below is None or below > 0) and self.path(kind, 0).is_file():
                 yield 0
             return
         per_evp = kind in (Kind.ENVELOPE, Kind.CORRUPT_ENVELOPE)
-        start_msgid = max(after, 0) >> 32 if per_evp else max(after, 0)
-        for msgid, mdir in self._msg_dirs(kind, start_msgid):
+        start = max(after, 0) >> 32 if per_evp else max(after, 0)
+        stop = None if below is None else ((below - 1) >> 32 if per_evp else below - 1)
+        for msgid, mdir in self._msg_dirs(kind, start, stop):
             if per_evp:
                 for name in _sorted_names(mdir, _EVPID_RE):
                     evpid = int(name, 16)
+                    if below is not None and evpid >= below:
+                        return
                     if evpid > after and evpid >> 32 == msgid and evpid & 0xFFFFFFFF:
                         yield evpid
             elif msgid > after and (mdir / _FILE_NAMES[kind]).is_file():
                 yield msgid
 
-    def _msg_dirs(self, kind: Kind, start: int) -> Iterator[tuple[int, Path]]:
-        if kind in (Kind.MESSAGE, Kind.ENVELOPE):
-            for bucket in _sorted_names(self._queue, _BUCKET_RE):
-                b = int(bucket, 16)
-                if b < start >> 24:
-                    continue
-                for name in _sorted_names(self._queue / bucket, _MSGID_RE):
-                    msgid = int(name, 16)
-                    if msgid >= start and msgid >> 24 == b and msgid:
-                        yield msgid, self._queue / bucket / name
-        else:
-            for name in _sorted_names(self._corrupt, _MSGID_RE):
+    def _msg_dirs(self, kind: Kind, start: int, stop: int | None) -> Iterator[tuple[int, Path]]:
+        """Message directories with start <= msgid <= stop, ascending."""
+        if (stop is not None and stop < start) or start > 0xFFFFFFFF:
+            return
+        top = self._queue if kind in (Kind.MESSAGE, Kind.ENVELOPE) else self._corrupt
+        bucketed = top is self._queue
+        if start:
+            # Fast path for one message (message_envelopes, envelope_delete):
+            # its directory first, without listing a bucket of thousands.
+            first = self._msg_dir(kind, start)
+            if first.is_dir():
+                yield start, first
+            if stop is not None and stop <= start:
+                return
+        if not bucketed:
+            for name in _sorted_names(top, _MSGID_RE):
                 msgid = int(name, 16)
-                if msgid >= start and msgid:
-                    yield msgid, self._corrupt / name
+                if msgid > start and (stop is None or msgid <= stop):
+                    yield msgid, top / name
+            return
+        for bucket in _sorted_names(top, _BUCKET_RE):
+            b = int(bucket, 16)
+            if b < start >> 24:
+                continue
+            if stop is not None and b > stop >> 24:
+                return
+            for name in _sorted_names(top / bucket, _MSGID_RE):
+                msgid = int(name, 16)
+                if stop is not None and msgid > stop:
+                    return
+                if msgid > start and msgid >> 24 == b:
+                    yield msgid, top / bucket / name

@@ -29,7 +29,12 @@ class RamBackend:
     def delete(self, kind: Kind, oid: int) -> bool:
         return self._blobs.pop((kind, oid), None) is not None
 
-    def list(self, kind: Kind, *, after: int = -1) -> Iterator[int]:
+    def list(
+        self, kind: Kind, *, after: int = -1, below: int | None = None
+    ) -> Iterator[int]:
         # A sorted snapshot: safe against changes during iteration.
-        ids = sorted(oid for k, oid in self._blobs if k is kind and oid > after)
+        ids = sorted(
+            oid for k, oid in self._blobs
+            if k is kind and oid > after and (below is None or oid < below)
+        )
         yield from ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +108,18 @@ def test_list_sorted_with_cursor(backend: QueueBackend) -> None:
     assert list(backend.list(Kind.MESSAGE)) == [M1, M2, M3]
     assert list(backend.list(Kind.MESSAGE, after=M1)) == [M2, M3]
     assert list(backend.list(Kind.MESSAGE, after=M3)) == []
+    # ``below``: one message's envelopes, and ranges.
+    assert list(backend.list(Kind.ENVELOPE, after=M1 << 32, below=(M1 + 1) << 32)) == [E1, E2]
+    assert list(backend.list(Kind.ENVELOPE, after=M2 << 32, below=(M2 + 1) << 32)) == []
+    assert list(backend.list(Kind.ENVELOPE, below=E2)) == [E1]
+    assert list(backend.list(Kind.ENVELOPE, after=E1, below=E3 + 1)) == [E2, E3]
+    assert list(backend.list(Kind.MESSAGE, after=M1 - 1, below=M1 + 1)) == [M1]
+    assert list(backend.list(Kind.MESSAGE, below=M3)) == [M1, M2]
+    assert list(backend.list(Kind.MESSAGE, after=M1, below=M1)) == []
+    for e in (E1, E3):
+        backend.put(Kind.CORRUPT_ENVELOPE, e, b"x")
+    assert list(backend.list(Kind.CORRUPT_ENVELOPE, after=M3 << 32)) == [E3]
+    assert list(backend.list(Kind.CORRUPT_ENVELOPE, below=E3)) == [E1]
 
 
 def test_list_tolerates_changes(backend: QueueBackend) -> None:
@@ -120,3 +133,26 @@ def test_list_tolerates_changes(backend: QueueBackend) -> None:
         backend.put(Kind.ENVELOPE, (M1 << 32) | 0x100 + len(seen), b"y")  # behind the cursor
     assert seen == sorted(set(seen))
     assert set(ids) <= set(seen)
+
+
+def test_fs_one_message_listing_reads_one_directory(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """envelope_delete asks for one message's envelopes on every delivery: with
+    a million messages queued that must not list a bucket of thousands."""
+    from smtpd.queue import fs
+
+    backend = fs.FsBackend(tmp_path / "spool")
+    for m in range(M1, M1 + 50):
+        backend.put(Kind.ENVELOPE, (m << 32) | 1, b"x")
+    listed: list[Path] = []
+    real = fs._sorted_names
+
+    def spy(path: Path, pattern: re.Pattern[str]) -> list[str]:
+        listed.append(path)
+        return real(path, pattern)
+
+    monkeypatch.setattr(fs, "_sorted_names", spy)
+    m = M1 + 7
+    assert list(backend.list(Kind.ENVELOPE, after=m << 32, below=(m + 1) << 32)) == [
+        (m << 32) | 1]
+    assert listed == [backend.path(Kind.ENVELOPE, (m << 32) | 1).parent]
