@@ -141,12 +141,20 @@ class EnvelopeState:
 
     @property
     def runstate(self) -> str:
-        """The word upstream's `show queue` prints in its runstate field."""
+        """`show queue`'s runstate word: "pending|<nexttry - now>" or
+        "inflight|<now - time>" (smtpctl.c: show_queue_envelope())."""
+        return "inflight" if self.flags & EnvelopeFlag.INFLIGHT else "pending"
+
+    @property
+    def status(self) -> tuple[str, ...]:
+        """The scheduler's words for `show queue`'s status field, in upstream's
+        order (after the queue's bounce,auth,internal): suspend, hold."""
+        words = []
         if self.flags & EnvelopeFlag.SUSPEND:
-            return "suspend"
-        if self.flags & EnvelopeFlag.INFLIGHT:
-            return "inflight"
-        return "pending"
+            words.append("suspend")
+        if self.flags & EnvelopeFlag.HOLD:
+            words.append("hold")
+        return tuple(words)
 
 
 @dataclass(frozen=True, slots=True)

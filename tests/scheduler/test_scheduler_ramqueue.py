@@ -250,7 +250,8 @@ def test_suspend_resume() -> None:
     assert rq.schedule(1, T0) == 1  # the suspended one is not scheduled
     assert handed(rq, T0 + DAY) == [b2]
     (st,) = rq.envelopes(a, 1)
-    assert st.evpid == a and st.flags & EnvelopeFlag.SUSPEND and st.runstate == "suspend"
+    assert st.evpid == a and st.flags & EnvelopeFlag.SUSPEND
+    assert st.status == ("suspend",) and st.runstate == "pending"
     assert rq.resume(a, T0 + DAY) == 1 and rq.resume(a, T0 + DAY) == 0
     assert handed(rq, T0 + DAY) == [a]
     # suspended while in flight: after a tempfail it waits for resume
@@ -341,6 +342,7 @@ def test_hold_release_and_overflow() -> None:
     assert s["scheduler.ramqueue.hold"] == 3 and s["scheduler.ramqueue.holdq"] == 2
     (st,) = rq.envelopes(ids[0], 1)
     assert st.flags == EnvelopeFlag.PENDING | EnvelopeFlag.HOLD
+    assert st.status == ("hold",) and st.runstate == "pending"
     assert rq.release(MTA, 42, 1) == 1
     assert handed(rq, T0 + 1) == [ids[0]]
     assert rq.release(MTA, 42, -1) == 1  # reschedule later (route failed)
@@ -380,6 +382,7 @@ def test_listing_messages_and_envelopes() -> None:
     )
     handed(rq, T0 + 5, Sched.MTA)
     assert {s.flags for s in rq.envelopes(evp(20, 0), 9)} == {EnvelopeFlag.INFLIGHT}
+    assert {(s.runstate, s.status) for s in rq.envelopes(evp(20, 0), 9)} == {("inflight", ())}
     assert {s.time for s in rq.envelopes(evp(20, 0), 9)} == {T0 + 5}
     rq.remove(20, T0)
     for e in (evp(20, 1), evp(20, 2), evp(20, 3)):
