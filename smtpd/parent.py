@@ -24,7 +24,17 @@ from imsg import Frame
 from smtpd import __version__, privsep
 from smtpd.config.listen import ListenError, resolve_listener
 from smtpd.config.model import Config, Listener, ListenerKind
-from smtpd.msg import CHILDREN, PEERS, Empty, ListenerSend, Msg, Proc
+from smtpd.mda.runner import DeliveryRunner
+from smtpd.msg import (
+    CHILDREN,
+    PEERS,
+    DeliveryStart,
+    Empty,
+    ListenerSend,
+    Msg,
+    ParentDeliveryResult,
+    Proc,
+)
 from smtpd.node import Node
 from smtpd.options import Options
 
@@ -143,6 +153,8 @@ class Parent(Node):
         self.loop.add_signal_handler(signal.SIGCHLD, self._reap)
         self.loop.add_signal_handler(signal.SIGHUP, self._sighup)
         self.handle(Proc.CONTROL, Msg.CTL_STOP, self._on_ctl_stop)
+        self.handle(Proc.QUEUE, Msg.QUEUE_DELIVERY_START, self._on_delivery_start)
+        self.runner = DeliveryRunner(self.loop, self._on_delivery_result)
         self.spawn()
         self.hand_over_sockets()
         self.start_channels()
@@ -153,6 +165,18 @@ class Parent(Node):
 
     def on_live(self) -> None:
         self.log.info("info: all processes ready")
+
+    def _on_delivery_start(self, payload: DeliveryStart, frame: Frame) -> None:
+        # Privileged work: fork a child per delivery as the recipient's user
+        # (smtpd/mda/runner.py re-validates the envelope first).
+        assert frame.fd is not None
+        self.runner.start_envelope(payload.envelope, frame.fd, self.config,
+                                   self.config.hostname)
+
+    def _on_delivery_result(self, evpid: int, status: str, text: str, detail: str) -> None:
+        if not self.stopping.is_set():
+            self.send(Proc.QUEUE, Msg.PARENT_DELIVERY_RESULT,
+                      ParentDeliveryResult(evpid, status, text, detail))
 
     def _on_ctl_stop(self, _payload: Any, _frame: Frame) -> None:
         self.log.info("info: stop requested through smtpctl")
@@ -176,6 +200,7 @@ class Parent(Node):
         self.request_stop(1)
 
     def _reap(self) -> None:
+        self.runner.reap()
         for child in self.children.values():
             if child.status is not None:
                 continue
@@ -189,6 +214,7 @@ class Parent(Node):
                 self.request_stop(1)
 
     async def _stop_children(self) -> None:
+        self.runner.close()
         for chan in self.channels.values():
             chan.close()
         for proc in STOP_ORDER:

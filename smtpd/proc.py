@@ -36,6 +36,8 @@ class Child(Node):
         super().__init__(options.traces, options.profiles)
         self.options = options
         self.config = config
+        # Whether we started as root (and so dropped privileges, maybe chrooted).
+        self.privileged = privsep.is_root()
 
     def build_privileged(self) -> None:
         """State that needs root (keys, spool ownership); runs before the drop."""

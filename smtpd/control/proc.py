@@ -142,6 +142,7 @@ class ControlProcess(Child):
             self.backend.apply(updates, time.time_ns())
 
     def stat_lines(self) -> list[str]:
+        self.flush_stats()  # our own pending updates count too
         uptime = int(time.time() - self.started)
         lines = dict(self.backend.items())
         lines["uptime"] = str(uptime)

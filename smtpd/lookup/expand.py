@@ -158,9 +158,10 @@ class Expander:
             return  # one copy per mailbox, however many aliases lead there
         state.seen.add(mailbox)
         run_as = action.user or info.username
+        domain = template.rcpt.rpartition("@")[2]
         state.envelopes.append(replace(
             template, type=DeliveryType.MDA, dispatcher=action.name,
-            dest=dest if "@" in dest else f"{info.username}",
+            dest=dest if "@" in dest else f"{info.username}@{domain}",
             mda_user=run_as, mda_subaddress=tag, mda_exec=action.mda_command or ""))
 
     def _userinfo(self, action: Action, user: str) -> UserInfo | None:

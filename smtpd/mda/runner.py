@@ -49,6 +49,8 @@ from smtpd.mda.types import (
 )
 from smtpd.queue.envelope import DeliveryType, EnvelopeError, load_envelope
 from smtpd.smtp.address import AddressError, parse_path
+from smtpd.table.backend import TableError, TableTempFail, open_table
+from smtpd.table.match import UserInfo
 
 OnResult = Callable[[int, str, str, str], None]
 
@@ -421,9 +423,6 @@ def plan_delivery(envelope_text: str, config: Config, hostname: str, *,
     method = _METHODS.get(action.kind)
     if method is None:
         return permfail(f"554 5.3.5 Action {action.name!r} does not deliver locally")
-    if action.userbase_table is not None:
-        return tempfail(f"451 4.3.5 Action {action.name!r}: userbase tables are not "
-                        "supported for delivery yet")
     wrapper: str | None = None
     if action.wrapper is not None:
         wrapper = config.mda_wrappers.get(action.wrapper)
@@ -442,7 +441,17 @@ def plan_delivery(envelope_text: str, config: Config, hostname: str, *,
         pw: pwd.struct_passwd | None = pwd.getpwnam(user)
     except KeyError:
         pw = None
-    if os.geteuid() == 0:
+    virtual = _virtual_user(config, action.userbase_table, user) if action.user is None else None
+    if isinstance(virtual, DeliveryResult):
+        return virtual
+    if virtual is not None:
+        # A virtual user (the seed: no system account, uid/gid/home from a table).
+        uid, gid, home = virtual.uid, virtual.gid, virtual.directory
+        if os.geteuid() != 0:
+            uid, gid = os.getuid(), os.getgid()
+        elif uid == 0:
+            return permfail("550 5.7.1 Refusing to deliver as root for a virtual user")
+    elif os.geteuid() == 0:
         if pw is None:
             # upstream mda.c: "Permanent failure in user lookup"
             return permfail(f"550 5.1.1 Permanent failure in user lookup: {user}")
@@ -591,3 +600,27 @@ def _stderr(text: str) -> None:  # pragma: no cover - child
     # Not the logging module: its handlers may hold fds closed in this child.
     with contextlib.suppress(OSError):
         _write_all(2, text.encode("utf-8", "replace"))
+
+
+def _virtual_user(config: Config, table_name: str | None,
+                  user: str) -> UserInfo | DeliveryResult | None:
+    """uid/gid/home of a user from the action's `userbase` table, if it has one.
+    The parent re-reads the table itself rather than trusting the queue."""
+    if table_name is None:
+        return None
+    definition = config.tables.get(table_name)
+    if definition is None:
+        return tempfail(f"451 4.3.5 No table named {table_name!r}")
+    try:
+        table = open_table(definition, config.smtp.sub_addr_delim)
+        try:
+            info = table.userinfo(user)
+        finally:
+            table.close()
+    except TableTempFail:
+        return tempfail("451 4.3.0 Temporary failure in user lookup")
+    except (TableError, OSError, ValueError):
+        return tempfail(f"451 4.3.5 Table {table_name!r} cannot be read")
+    if info is None:
+        return permfail(f"550 5.1.1 Permanent failure in user lookup: {user}")
+    return info

@@ -90,7 +90,7 @@ class QueueProcess(Child):
         return path  # upstream: the queue is chrooted in its spool
 
     def build(self) -> None:
-        spool = Path("/" if privsep.is_root() else self.config.queue_path)
+        spool = Path("/" if self.privileged else self.config.queue_path)
         qopts = self.config.queue
         key = qopts.encryption_key if qopts.encryption else None
         self.front = QueueFront(make_backend("fs", spool), spool=spool,
