@@ -72,25 +72,28 @@ def derive_master_key(passphrase: str, params: KdfParams) -> MasterKey:
     return MasterKey(key=key, key_id=key_id)
 
 
-def dump_keycheck(params: KdfParams, key_id: bytes) -> bytes:
+def dump_keycheck(params: KdfParams, key_id: bytes | None) -> bytes:
+    """``key_id`` None: the spool holds no encrypted mail any more (any key may
+    start using it), but the salt is kept for files moved to corrupt/."""
+    kid = key_id.hex() if key_id is not None else "none"
     return (
         f"version: {KEYCHECK_VERSION}\nkdf: scrypt\nsalt: {params.salt.hex()}\n"
-        f"n: {params.n}\nr: {params.r}\np: {params.p}\nkey-id: {key_id.hex()}\n"
+        f"n: {params.n}\nr: {params.r}\np: {params.p}\nkey-id: {kid}\n"
     ).encode("ascii")
 
 
 _KEYCHECK_RE = re.compile(
     rb"version: 1\nkdf: scrypt\nsalt: ([0-9a-f]{32})\nn: ([0-9]{1,8})\n"
-    rb"r: ([0-9]{1,2})\np: ([0-9]{1,2})\nkey-id: ([0-9a-f]{8})\n"
+    rb"r: ([0-9]{1,2})\np: ([0-9]{1,2})\nkey-id: ([0-9a-f]{8}|none)\n"
 )
 
 
-def load_keycheck(data: bytes) -> tuple[KdfParams, bytes]:
-    """Parse a key-check file: (KDF parameters, id of the spool's key)."""
+def load_keycheck(data: bytes) -> tuple[KdfParams, bytes | None]:
+    """Parse a key-check file: (KDF parameters, id of the spool's key or None)."""
     m = _KEYCHECK_RE.fullmatch(data)
     if m is None:
         raise KeyError_("malformed queue key-check file")
     params = KdfParams(
         salt=bytes.fromhex(m[1].decode()), n=int(m[2]), r=int(m[3]), p=int(m[4])
     )
-    return params, bytes.fromhex(m[5].decode())
+    return params, None if m[5] == b"none" else bytes.fromhex(m[5].decode())

@@ -108,6 +108,7 @@ class QueueFront:
         self._pending: dict[int, list[Envelope]] = {}
         self._master: MasterKey | None = None
         self._keys: dict[bytes, MasterKey] = {}
+        self._kdf_params: KdfParams | None = None
         if encryption_key is not None or old_keys:
             self._setup_keys(encryption_key, old_keys, kdf_n)
 
@@ -117,8 +118,9 @@ class QueueFront:
         try:
             with self.backend.get(Kind.KEYCHECK, 0) as f:
                 params, spool_key_id = load_keycheck(f.read(4096))
+            fresh = False
         except BlobNotFound:
-            params, spool_key_id = KdfParams.new(kdf_n), None
+            params, spool_key_id, fresh = KdfParams.new(kdf_n), None, True
         except KeyError_ as exc:
             raise WrongKey(str(exc)) from None
         passphrases = ([key] if key is not None else []) + list(old_keys)
@@ -132,9 +134,10 @@ class QueueFront:
                 "the queue encryption key does not match the spool's "
                 f"(key id {spool_key_id.hex()}); give the old one with old-key to rotate"
             )
+        self._kdf_params = params
         if key is not None:
             self._master = masters[0]
-            if spool_key_id != self._master.key_id:
+            if fresh or spool_key_id != self._master.key_id:
                 # The spool is now written with this key (rotation or first use).
                 self.backend.put(Kind.KEYCHECK, 0, dump_keycheck(params, self._master.key_id))
 
@@ -474,7 +477,7 @@ class QueueFront:
         """Rewrite every message and envelope with the current settings (key
         rotation, turning compression or encryption on or off). Offline use:
         ``smtpd`` stopped, or before the queue process starts serving."""
-        count = 0
+        count = skipped = 0
         for msgid in list(self.backend.list(Kind.MESSAGE)):
             try:
                 # Decoding to a temporary file first: a corrupt message is
@@ -499,6 +502,11 @@ class QueueFront:
                 self.corrupt(msgid, str(exc))
             except KeyUnavailable as exc:
                 log.warning("queue: message %08x not rewritten: %s", msgid, exc)
+                skipped += 1
+        if self._master is None and self._kdf_params is not None and not skipped:
+            # Nothing encrypted is left: a future key may start afresh, but keep
+            # the salt, so files in corrupt/ stay readable with the old key.
+            self.backend.put(Kind.KEYCHECK, 0, dump_keycheck(self._kdf_params, None))
         return count
 
     def stats(self) -> dict[str, int]:

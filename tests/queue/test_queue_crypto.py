@@ -148,6 +148,7 @@ def test_kdf_and_keycheck() -> None:
         load_keycheck(text.replace(b"n: 16384", b"n: 1024"))  # weakened parameters
     with pytest.raises(KeyError_):
         load_keycheck(text + b"extra: 1\n")
+    assert load_keycheck(dump_keycheck(PARAMS, None)) == (PARAMS, None)
     with pytest.raises(KeyError_):
         derive_master_key("", PARAMS)
     assert "key=" not in repr(KEY)

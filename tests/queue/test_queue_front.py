@@ -448,3 +448,19 @@ def test_rekey_tool_rotates_the_spool(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "authentication failed" in dict(after.corrupted())[bad]
     assert rekey.main(["--spool", str(spool)], io.StringIO("wrong\n")) == 1
     assert "does not match" in capsys.readouterr().err
+
+
+def test_decrypting_the_whole_spool_frees_it_for_a_new_key(factory: Factory) -> None:
+    front = factory(encryption_key="old")
+    _, evpids = submit(front, b"Received: x\n\nhi\n")
+    plain = factory(old_keys=["old"])
+    assert plain.rewrite_all() == 3
+    assert [e.evpid for e in factory().walk()] == evpids  # no key needed any more
+    with pytest.raises(WrongKey):
+        factory(encryption_key="new", old_keys=["old", ""])  # empty keys still refused
+    renewed = factory(encryption_key="new")  # the spool took the new key
+    m2, _ = submit(renewed, b"Received: x\n\nnew\n")
+    with factory(encryption_key="new").message_open(m2) as f:
+        assert f.read() == b"Received: x\n\nnew\n"
+    with pytest.raises(WrongKey):
+        factory(encryption_key="old")
