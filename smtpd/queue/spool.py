@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+SPOOL_ROOT_MODE = 0o711
 DIR_MODE = 0o700
 OFFLINE_MODE = 0o770
 FILE_MODE = 0o600
@@ -53,19 +54,26 @@ def make_dir_durable(path: Path, stop: Path, mode: int = DIR_MODE) -> None:
     fsync_dir(path.parent)
 
 
-def prepare_spool(root: Path) -> None:
-    """Create missing spool directories with their modes.
+def prepare_spool(root: Path, *, owner: tuple[int, int] | None = None) -> None:
+    """Create missing spool directories with upstream's modes (COMPAT.md):
+    root 0711, incoming/ queue/ corrupt/ purge/ temporary/ 0700, offline/ 0770.
 
-    Existing directories are left alone: an offline reader (smtpctl show
-    message) may open a spool it does not own."""
-    root.mkdir(parents=True, exist_ok=True)
+    Existing directories keep their modes: an offline reader (smtpctl show
+    message) may open a spool it does not own. ``owner`` (uid, gid of the
+    queue user) is for the privileged parent: the 0700 directories go to the
+    queue user, offline/ to root:gid, as upstream."""
+    if not root.is_dir():
+        root.mkdir(parents=True, mode=SPOOL_ROOT_MODE)
+        os.chmod(root, SPOOL_ROOT_MODE)
     wanted = [(name, DIR_MODE) for name in SPOOL_DIRS] + [("offline", OFFLINE_MODE)]
     for name, mode in wanted:
         d = root / name
-        if d.is_dir():
-            continue
-        d.mkdir(mode=mode)
-        os.chmod(d, mode)  # mkdir's mode is filtered by the umask
+        if not d.is_dir():
+            d.mkdir(mode=mode)
+            os.chmod(d, mode)  # mkdir's mode is filtered by the umask
+        if owner is not None:
+            uid, gid = owner
+            os.chown(d, 0 if name == "offline" else uid, gid)
 
 
 def write_durable(target: Path, chunks: Iterable[bytes], tmpdir: Path, stop: Path) -> int:

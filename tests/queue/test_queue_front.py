@@ -117,7 +117,9 @@ def test_spool_files_on_disk(tmp_path: Path, compression: bool, key: str | None)
             assert head[0] == 0x01
         elif compression:
             assert head == b"\x1f\x8b"
-    assert (spool / "queue").stat().st_mode & 0o777 == 0o700
+    assert spool.stat().st_mode & 0o777 == 0o711
+    for name in ("incoming", "queue", "corrupt", "purge", "temporary"):
+        assert (spool / name).stat().st_mode & 0o777 == 0o700
     assert (spool / "offline").stat().st_mode & 0o777 == 0o770
     everything = b"".join(p.read_bytes() for p in spool.rglob("*") if p.is_file())
     if key:
