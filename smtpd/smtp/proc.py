@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import resource
 import socket
 import ssl
 from dataclasses import dataclass
@@ -174,17 +175,28 @@ class SmtpProcess(Child):
         self.stats.increment("smtp.session")
         family = "inet6" if conn.family == socket.AF_INET6 else "inet4"
         self.stats.increment(f"smtp.session.{family}")
+        done: asyncio.Future[None] = self.loop.create_future()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await Session(self, runtime, reader, writer).run()
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
         try:
             reader = asyncio.StreamReader(limit=1 << 20)
-            protocol = asyncio.StreamReaderProtocol(reader)
+            # The protocol must carry a connected callback: StreamWriter.start_tls
+            # takes that as "server side" (without it STARTTLS would try a
+            # client handshake with our server context).
+            protocol = asyncio.StreamReaderProtocol(reader, serve)
             ctx = runtime.ssl_context if runtime.smtps else None
-            transport, _ = await self.loop.connect_accepted_socket(
+            await self.loop.connect_accepted_socket(
                 lambda: protocol, conn, ssl=ctx,
                 ssl_handshake_timeout=30 if ctx else None)
-            writer = asyncio.StreamWriter(transport, protocol, reader, self.loop)
             if ctx is not None:
                 self.stats.increment("smtp.smtps")
-            await Session(self, runtime, reader, writer).run()
+            await done
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             self.log.info("smtp: session setup failed: %s", type(exc).__name__)
             conn.close()
@@ -276,6 +288,7 @@ class SmtpProcess(Child):
 
 
 def _fd_limit() -> int:
-    import resource
+    # resource is imported at module level: after the privilege drop the
+    # interpreter's stdlib may be unreadable (e.g. under /root), so no lazy imports.
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 0
