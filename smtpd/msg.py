@@ -179,6 +179,13 @@ class MessageCommit:
 
 
 @dataclass(frozen=True, slots=True)
+class MessageCommitted:
+    reqid: int
+    msgid: int
+    evpids: list[int]     # in the order of MessageCommit.envelopes
+
+
+@dataclass(frozen=True, slots=True)
 class RequestFailed:
     """A queue request that failed; `reply` is the SMTP reply to give."""
     reqid: int
@@ -243,10 +250,14 @@ class Evpids:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
+    """What became of an envelope the scheduler handed out.
+
+    status: "ok" | "tempfail" | "permfail" | "loop" for deliveries, "done" when
+    a REMOVE or EXPIRE was carried out, "missing" when the queue could not
+    load it.  info is the envelope's schedule info as in MessageSchedule."""
     evpid: int
-    status: str           # "ok" | "tempfail" | "permfail" | "loop"
-    retry: int            # retries so far, after this attempt
-    lasttry: int
+    status: str
+    info: list[int | str]
     text: str
 
 
@@ -317,7 +328,7 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.SMTP_MESSAGE_OPEN: Route(_S, _Q, MessageRef),
     Msg.QUEUE_MESSAGE_FD: Route(_Q, _S, MessageRef),
     Msg.SMTP_MESSAGE_COMMIT: Route(_S, _Q, MessageCommit),
-    Msg.QUEUE_MESSAGE_COMMITTED: Route(_Q, _S, MessageRef),
+    Msg.QUEUE_MESSAGE_COMMITTED: Route(_Q, _S, MessageCommitted),
     Msg.SMTP_MESSAGE_ROLLBACK: Route(_S, _Q, MessageRef),
     Msg.QUEUE_REQUEST_FAILED: Route(_Q, _S, RequestFailed),
     Msg.SMTP_RCPT_CHECK: Route(_S, _L, RcptCheck),

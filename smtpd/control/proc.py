@@ -13,6 +13,8 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from imsg import Channel, Frame
@@ -24,10 +26,13 @@ from smtpd.msg import (
     ClientDone,
     ClientHello,
     ClientLines,
+    CtlReply,
+    CtlRequest,
     Empty,
     LogVerbose,
     Msg,
     MsgError,
+    PauseSet,
     Proc,
     StatUpdates,
     TraceSet,
@@ -49,6 +54,14 @@ def human_duration(seconds: int) -> str:
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{days}d{hours}h{minutes}m{secs}s"
+
+
+@dataclass
+class PendingRequest:
+    client: ClientSession
+    on_done: Callable[[int, list[str]], None]
+    status: int = 0
+    lines: list[str] = field(default_factory=list)
 
 
 class ClientSession:
@@ -122,6 +135,11 @@ class ControlProcess(Child):
         self.clients: set[ClientSession] = set()
         self.paused: set[str] = set(self.options.paused)
         self.handle(Proc.PARENT, Msg.PARENT_CONTROL_SOCKET_SEND, self._on_control_socket)
+        self.handle(Proc.SCHEDULER, Msg.SCHEDULER_CTL_REPLY, self._on_ctl_reply)
+        self.handle(Proc.QUEUE, Msg.QUEUE_CTL_REPLY, self._on_ctl_reply)
+        # reqid -> what to do with the lines of the answer once done
+        self.requests: dict[int, PendingRequest] = {}
+        self.next_reqid = 1
         for proc in (Proc.PARENT, *CHILDREN):
             if proc is not Proc.CONTROL:
                 self.handle(proc, Msg.ANY_STAT_UPDATE, self._on_stat_update)
@@ -240,6 +258,99 @@ class ControlProcess(Child):
 
     def cmd_unprofile(self, client: ClientSession, name: str) -> None:
         self._switch(client, Msg.CTL_PROFILE_SET, int(parse_profile(name)), False)
+
+    # -- queue management, relayed to the scheduler and the queue -------------
+
+    def _ask(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
+             on_done: Callable[[int, list[str]], None]) -> None:
+        reqid = self.next_reqid
+        self.next_reqid += 1
+        self.requests[reqid] = PendingRequest(client, on_done)
+        msg = Msg.CTL_SCHEDULER_REQUEST if peer is Proc.SCHEDULER else Msg.CTL_QUEUE_REQUEST
+        self.send(peer, msg, CtlRequest(reqid, verb, args))
+
+    def _on_ctl_reply(self, payload: CtlReply, _frame: Frame) -> None:
+        pending = self.requests.get(payload.reqid)
+        if pending is None:
+            return
+        pending.lines += payload.lines
+        pending.status = max(pending.status, payload.status)
+        if payload.done:
+            del self.requests[payload.reqid]
+            if pending.client in self.clients:
+                pending.on_done(pending.status, pending.lines)
+
+    def _relay(self, client: ClientSession, peer: Proc, verb: str, *args: str) -> None:
+        def done(status: int, lines: list[str]) -> None:
+            client.reply(lines, status=status, stderr=status != 0)
+        self._ask(peer, verb, list(args), client, done)
+
+    def cmd_pause(self, client: ClientSession, system: str) -> None:
+        self._pause(client, system, True)
+
+    def cmd_resume(self, client: ClientSession, system: str) -> None:
+        self._pause(client, system, False)
+
+    def _pause(self, client: ClientSession, system: str, pause: bool) -> None:
+        if system == "smtp":
+            if (system in self.paused) == pause:
+                client.reply(["command failed"], status=1, stderr=True)
+                return
+            self.send(Proc.SMTP, Msg.CTL_SMTP_PAUSE, PauseSet(pause))
+            self.log.info("info: smtp %s", "paused" if pause else "resumed")
+            (self.paused.add if pause else self.paused.discard)(system)
+            client.reply(["command succeeded"])
+            return
+
+        def done(status: int, lines: list[str]) -> None:
+            if status == 0:
+                (self.paused.add if pause else self.paused.discard)(system)
+            client.reply(lines, status=status, stderr=status != 0)
+        self._ask(Proc.SCHEDULER, "pause" if pause else "resume", [system], client, done)
+
+    def cmd_schedule(self, client: ClientSession, ident: str) -> None:
+        self._relay(client, Proc.SCHEDULER, "schedule", ident)
+
+    def cmd_remove(self, client: ClientSession, ident: str) -> None:
+        self._relay(client, Proc.SCHEDULER, "remove", ident)
+
+    def cmd_pause_envelope(self, client: ClientSession, ident: str) -> None:
+        self._relay(client, Proc.SCHEDULER, "suspend", ident)
+
+    def cmd_resume_envelope(self, client: ClientSession, ident: str) -> None:
+        self._relay(client, Proc.SCHEDULER, "resume-envelope", ident)
+
+    def cmd_show_envelope(self, client: ClientSession, evpid: str) -> None:
+        self._relay(client, Proc.QUEUE, "envelope", evpid)
+
+    def cmd_show_message(self, client: ClientSession, ident: str) -> None:
+        self._relay(client, Proc.QUEUE, "message", ident)
+
+    def cmd_show_queue(self, client: ClientSession) -> None:
+        """The queue's envelopes with the scheduler's run state merged in."""
+        def with_states(status: int, state_lines: list[str]) -> None:
+            states = {}
+            for line in state_lines:
+                evpid, runstate, when = line.split("|")
+                states[evpid] = (runstate, int(when))
+
+            def merged(status: int, lines: list[str]) -> None:
+                now = int(time.time())
+                out = []
+                for line in lines:
+                    fields = line.split("|", 13)
+                    state = states.get(fields[0])
+                    if state is not None and len(fields) == 14:
+                        runstate, when = state
+                        fields[11] = runstate
+                        fields[12] = str(when - now) if runstate == "pending" and when > now \
+                            else "-1"
+                        if runstate == "suspend":
+                            fields[3] = ",".join(filter(None, [fields[3], "suspend"]))
+                    out.append("|".join(fields))
+                client.reply(out, status=status, stderr=status != 0)
+            self._ask(Proc.QUEUE, "list", [], client, merged)
+        self._ask(Proc.SCHEDULER, "list", [], client, with_states)
 
     def cmd_monitor(self, client: ClientSession) -> None:
         client.reply(self.stat_lines())

@@ -29,6 +29,7 @@ from smtpd.msg import (
     DeliveryStart,
     Evpids,
     MessageCommit,
+    MessageCommitted,
     MessageCreated,
     MessageRef,
     MessageSchedule,
@@ -184,8 +185,7 @@ class QueueProcess(Child):
     def _on_commit(self, req: MessageCommit, _frame: Frame) -> None:
         try:
             envs = [load_envelope(text.encode()) for text in req.envelopes]
-            for env in envs:
-                self.front.envelope_create(req.msgid, env)
+            evpids = [self.front.envelope_create(req.msgid, env) for env in envs]
             self.front.message_commit(req.msgid)
         except (OSError, QueueError, EnvelopeError) as exc:
             self.log.warning("queue: commit of %08x failed: %s", req.msgid, exc)
@@ -194,7 +194,8 @@ class QueueProcess(Child):
             return self._fail(req.reqid, NO_SPACE if full else TEMPFAIL)
         committed = [self.front.envelope_load(e) for e in self.front.message_envelopes(req.msgid)]
         self._send_schedule({req.msgid: [scheduler_info(e) for e in committed]})
-        self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_COMMITTED, MessageRef(req.reqid, req.msgid))
+        self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_COMMITTED,
+                  MessageCommitted(req.reqid, req.msgid, evpids))
         self._update_stats()
 
     def _rollback(self, msgid: int) -> None:
@@ -209,9 +210,11 @@ class QueueProcess(Child):
     # -- delivery --------------------------------------------------------------
 
     def _load(self, evpid: int) -> Envelope | None:
+        """The envelope, or None after telling the scheduler it is gone."""
         try:
             return self.front.envelope_load(evpid)
         except NotFound:
+            self._report(evpid, "missing", "", None)
             return None
         except QueueCorrupt as exc:
             self.log.warning("queue: envelope %016x: %s", evpid, exc)
@@ -219,10 +222,9 @@ class QueueProcess(Child):
             return None
 
     def _report(self, evpid: int, status: str, text: str, env: Envelope | None) -> None:
-        retry = env.retry if env else 0
-        lasttry = env.lasttry if env else int(time.time())
+        info = scheduler_info(env) if env is not None else []
         self.send(Proc.SCHEDULER, Msg.QUEUE_DELIVERY_RESULT,
-                  DeliveryResult(evpid, status, retry, lasttry, text))
+                  DeliveryResult(evpid, status, info, text))
 
     def _on_deliver(self, req: Evpids, _frame: Frame) -> None:
         for evpid in req.evpids:
@@ -377,6 +379,7 @@ class QueueProcess(Child):
             self.log.info("%016x envelope expired", evpid)
             # COMPAT.md: 6.8 reports an expiry as "delayed", status 4.4.7.
             self._bounce_then_delete(env, "450 4.4.7 Envelope expired", DsnKind.DELAYED)
+            self._report(evpid, "done", "expired", env)
 
     def _on_warn(self, req: Evpids, _frame: Frame) -> None:
         for evpid in req.evpids:
@@ -395,6 +398,7 @@ class QueueProcess(Child):
                 continue
             self._delete(env)
             self.log.info("%016x envelope removed", evpid)
+            self._report(evpid, "done", "removed", env)
 
     # -- smtpctl ------------------------------------------------------------------
 

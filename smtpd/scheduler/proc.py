@@ -1,12 +1,188 @@
-"""The scheduler process: which envelope is due when (DESIGN.md §5)."""
+"""The scheduler process: which envelope is due when (DESIGN.md §5).
+
+Each imsg maps to one call on the sans-IO `Scheduler` front; after every
+change the process asks it for batches until nothing is due and arms one
+timer for the next due time (upstream scheduler_timeout()).
+"""
 
 from __future__ import annotations
 
-from smtpd.msg import Proc
+import asyncio
+import time
+
+from imsg import Frame
+from smtpd.msg import CtlReply, CtlRequest, DeliveryResult, Evpids, MessageSchedule, Msg, Proc
 from smtpd.proc import Child
+from smtpd.queue.envelope import DeliveryType
+from smtpd.scheduler.front import Scheduler
+from smtpd.scheduler.types import BatchKind, EnvelopeType, SchedulerError, SchedulerInfo
+
+_TYPES = {DeliveryType.MDA.value: EnvelopeType.MDA, DeliveryType.MTA.value: EnvelopeType.MTA,
+          DeliveryType.BOUNCE.value: EnvelopeType.BOUNCE}
+_BATCH_MSG = {BatchKind.SCHEDULE: Msg.SCHEDULER_ENVELOPE_DELIVER,
+              BatchKind.EXPIRE: Msg.SCHEDULER_ENVELOPE_EXPIRE,
+              BatchKind.REMOVE: Msg.SCHEDULER_ENVELOPE_REMOVE,
+              BatchKind.DELAY: Msg.SCHEDULER_ENVELOPE_WARN}
+MAX_BATCHES_PER_RUN = 50   # then yield to the loop; more work is picked up next turn
+LIST_CHUNK = 200
+
+
+def parse_info(item: list[int | str]) -> SchedulerInfo:
+    evpid, kind, ctime, ttl, retry, lasttry, lastbounce = item
+    if not (isinstance(evpid, int) and isinstance(kind, str) and isinstance(ctime, int)
+            and isinstance(ttl, int) and isinstance(retry, int) and isinstance(lasttry, int)
+            and isinstance(lastbounce, int)):
+        raise SchedulerError("bad schedule info")
+    return SchedulerInfo(evpid=evpid, type=_TYPES[kind], creation=ctime, expire=ttl,
+                         retry=retry, lasttry=lasttry, lastbounce=lastbounce)
+
+
+def parse_target(word: str) -> int | None:
+    """"all", a msgid (8 hex) or an evpid (16 hex); checked by smtpctl's grammar."""
+    return None if word == "all" else int(word, 16)
 
 
 class SchedulerProcess(Child):
     name = Proc.SCHEDULER
     needs = frozenset({Proc.PARENT, Proc.QUEUE})
     chrooted = True
+
+    def build(self) -> None:
+        self.sched = Scheduler(warn_intervals=self.config.bounce_warn_intervals)
+        for system in self.options.paused:
+            if system in ("mda", "mta"):
+                self.sched.pause(EnvelopeType[system.upper()])
+        self.handed_out: set[int] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.run_pending = False
+        self.last_stats: dict[str, int] = {}
+        self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_SCHEDULE, self._on_schedule)
+        self.handle(Proc.QUEUE, Msg.QUEUE_DELIVERY_RESULT, self._on_result)
+        self.handle(Proc.CONTROL, Msg.CTL_SCHEDULER_REQUEST, self._on_ctl)
+
+    def on_live(self) -> None:
+        self._kick()
+
+    # -- the run loop -----------------------------------------------------------
+
+    def _kick(self) -> None:
+        if not self.run_pending:
+            self.run_pending = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.run_pending = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        for _ in range(MAX_BATCHES_PER_RUN):
+            batch = self.sched.batch(int(time.time()))
+            if batch.kind is BatchKind.NONE:
+                if batch.delay is not None:
+                    self.timer = self.loop.call_later(max(batch.delay, 1), self._kick)
+                break
+            if batch.kind is BatchKind.UPDATE:
+                continue
+            if batch.kind is not BatchKind.DELAY:
+                self.handed_out.update(batch.evpids)
+            self.send(Proc.QUEUE, _BATCH_MSG[batch.kind], Evpids(list(batch.evpids)))
+        else:
+            self._kick()
+        self._push_stats()
+
+    def _push_stats(self) -> None:
+        for key, value in self.sched.stats().items():
+            if self.last_stats.get(key) != value:
+                self.last_stats[key] = value
+                self.stats.set(key, value)
+
+    # -- from the queue -----------------------------------------------------------
+
+    def _on_schedule(self, req: MessageSchedule, _frame: Frame) -> None:
+        inserted = 0
+        for item in req.infos:
+            info = parse_info(item)
+            if info.evpid >> 32 != req.msgid:
+                raise SchedulerError(f"envelope {info.evpid:016x} not of {req.msgid:08x}")
+            if not self.sched.backend.query(info.evpid):
+                self.sched.submit(info)
+                inserted += 1
+        if inserted:
+            self.sched.commit(req.msgid, int(time.time()))
+        self._kick()
+
+    def _on_result(self, res: DeliveryResult, _frame: Frame) -> None:
+        evpid = res.evpid
+        inflight = evpid in self.handed_out
+        self.handed_out.discard(evpid)
+        now = int(time.time())
+        match res.status:
+            case "ok":
+                self.sched.delivery_ok(evpid)
+            case "permfail":
+                self.sched.delivery_permfail(evpid)
+            case "loop":
+                self.sched.delivery_loop(evpid)
+            case "tempfail":
+                self.sched.delivery_tempfail(parse_info(res.info), now)
+            case "done":
+                self.sched.ack(evpid)
+            case "missing":
+                if self.sched.backend.query(evpid):
+                    self.sched.queue_remove(evpid, inflight, now)
+            case _:
+                raise SchedulerError(f"unknown delivery status {res.status!r}")
+        self._kick()
+
+    # -- smtpctl ------------------------------------------------------------------
+
+    def _reply(self, reqid: int, status: int, lines: list[str], done: bool = True) -> None:
+        self.send(Proc.CONTROL, Msg.SCHEDULER_CTL_REPLY, CtlReply(reqid, status, lines, done))
+
+    def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
+        now = int(time.time())
+        verb, args = req.verb, req.args
+        if verb in ("pause", "resume"):
+            kind = EnvelopeType[args[0].upper()]
+            changed = (self.sched.pause(kind) if verb == "pause" else self.sched.resume(kind))
+            if changed:
+                # the seed: pauses and resumes are logged
+                self.log.info("info: %s %s", args[0], "paused" if verb == "pause" else "resumed")
+            self._reply(req.reqid, 0 if changed else 1,
+                        ["command succeeded" if changed else "command failed"])
+        elif verb in ("schedule", "remove", "suspend", "resume-envelope"):
+            target = parse_target(args[0])
+            if verb == "schedule":
+                n = self.sched.schedule(target, now)
+                word = "scheduled"
+            elif verb == "remove":
+                n = self.sched.remove(target, now)
+                word = "removed"
+            elif verb == "suspend":
+                n = self.sched.suspend(target)
+                word = "paused"
+            else:
+                n = self.sched.resume_envelopes(target, now)
+                word = "resumed"
+            if n:
+                self.log.info("info: %d envelope%s %s by smtpctl", n, "s" if n > 1 else "", word)
+            self._reply(req.reqid, 0, [f"{n} envelope{'s' if n > 1 else ''} {word}"])
+        elif verb == "list":
+            self._list(req.reqid)
+        else:
+            self._reply(req.reqid, 1, [f"smtpctl: unknown scheduler request {verb}"])
+        self._kick()
+
+    def _list(self, reqid: int) -> None:
+        """Every envelope's run state as "evpid|runstate|time", in chunks."""
+        cursor = 0
+        lines: list[str] = []
+        while msgids := self.sched.messages(cursor, LIST_CHUNK):
+            for msgid in msgids:
+                lines += [f"{s.evpid:016x}|{s.runstate}|{s.time}"
+                          for s in self.sched.envelopes(msgid << 32, 1 << 32)]
+                if len(lines) >= LIST_CHUNK:
+                    self._reply(reqid, 0, lines, done=False)
+                    lines = []
+            cursor = msgids[-1] + 1
+        self._reply(reqid, 0, lines, done=True)

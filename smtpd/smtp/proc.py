@@ -23,6 +23,7 @@ from smtpd.msg import (
     AuthResult,
     ListenerSend,
     MessageCommit,
+    MessageCommitted,
     MessageCreated,
     MessageRef,
     Msg,
@@ -251,15 +252,16 @@ class SmtpProcess(Child):
         _ref, fd = answer
         return int(fd)
 
-    async def queue_commit(self, msgid: int, envelopes: list[str]) -> Reply | None:
+    async def queue_commit(self, msgid: int, envelopes: list[str]) -> list[int] | Reply:
+        """The evpids of the committed envelopes, or the reply for a failure."""
         reqid, fut = self._request()
         self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_COMMIT, MessageCommit(reqid, msgid, envelopes))
         answer = await fut
         if isinstance(answer, RequestFailed):
             return reply_from_line(answer.reply)
-        if not isinstance(answer, MessageRef):
+        if not isinstance(answer, MessageCommitted):
             return QUEUE_UNAVAILABLE
-        return None
+        return answer.evpids
 
     def queue_rollback(self, msgid: int) -> None:
         self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_ROLLBACK, MessageRef(0, msgid))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import secrets
 import ssl
@@ -30,6 +31,7 @@ from smtpd.queue.envelope import (
 from smtpd.smtp import events as E
 from smtpd.smtp import reply as R
 from smtpd.smtp.address import Mailbox, Notify, Ret
+from smtpd.smtp.headers import HeaderFixer
 from smtpd.smtp.protocol import NEED_DATA, PAUSED, Sentinel, ServerProtocol
 from smtpd.smtp.reply import Reply
 
@@ -74,6 +76,8 @@ class Transaction:
     fd: int | None = None
     size: int = 0
     template: Envelope | None = None
+    headers: HeaderFixer | None = None
+    write_errno: int = 0
 
 
 class Session:
@@ -261,6 +265,7 @@ class Session:
             return answer
         self.tx.fd = answer
         self.tx.size = 0
+        self.tx.headers = HeaderFixer(self.listener.limits.hostname)
         try:
             os.write(answer, self._received_header().encode())
         except OSError:
@@ -293,8 +298,13 @@ class Session:
 
     def _data_chunk(self, data: bytes) -> None:
         fd = self.tx.fd
-        if fd is None:
+        if fd is None or fd < 0:
             return
+        if self.tx.headers is not None:
+            data = self.tx.headers.feed(data)
+        self._write_message(fd, data)
+
+    def _write_message(self, fd: int, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
@@ -304,10 +314,13 @@ class Session:
                              os.strerror(exc.errno or 0))
             os.close(fd)
             self.tx.fd = -1  # remember the failure until DataEnd
+            self.tx.write_errno = exc.errno or 0
         self.tx.size += len(data)
 
     async def _data_end(self, event: E.DataEnd) -> Reply:
         tx = self.tx
+        if tx.fd is not None and tx.fd >= 0 and tx.headers is not None and event.error is None:
+            self._write_message(tx.fd, tx.headers.finish())
         fd, tx.fd = tx.fd, None
         if fd is not None and fd >= 0:
             os.close(fd)
@@ -317,7 +330,10 @@ class Session:
                           event.error)
             return event.error
         if fd is None or fd < 0:
+            full = tx.write_errno in (errno.ENOSPC, errno.EDQUOT)
             self._rollback()
+            if full:  # RFC 3463 4.3.1: mail system full
+                return Reply(452, "4.3.1", "Insufficient system storage")
             return Reply(451, "4.3.0", "Temporary failure: cannot write message")
         assert tx.envelopes is not None
         answer = await self.smtp.queue_commit(tx.msgid, tx.envelopes)
@@ -327,9 +343,10 @@ class Session:
         self.log.info("%s smtp message msgid=%08x size=%d nrcpt=%d proto=%s", self.sid,
                       tx.msgid, event.size, len(tx.rcpts or ()),
                       "ESMTP" if self.proto.extended else "SMTP")
-        for text in tx.envelopes:
+        for evpid, text in zip(answer, tx.envelopes, strict=False):
             env = load_envelope(text.encode())
-            self.log.info("%s smtp envelope from=<%s> to=<%s>", self.sid, env.sender, env.rcpt)
+            self.log.info("%s smtp envelope evpid=%016x from=<%s> to=<%s>", self.sid, evpid,
+                          env.sender, env.rcpt)
         msgid = tx.msgid
         self.tx = Transaction()
         self.smtp.stats.increment("smtp.message")
