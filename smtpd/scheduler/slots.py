@@ -37,6 +37,7 @@ from .types import (
 )
 
 BUCKET_SECONDS: Final = 16
+PROMOTE_BUDGET: Final = 16384
 NIL: Final = 0xFFFFFFFF
 
 
@@ -242,10 +243,16 @@ class EnvelopeSlots:
         return Sched.BOUNCE
 
     def _promote(self, now: int) -> None:
-        """Move every pending envelope due at `now` to its ready FIFO."""
+        """Move pending envelopes due at `now` to their ready FIFOs.
+
+        Whole buckets at a time, stopping after PROMOTE_BUDGET envelopes so
+        that one call stays short after a long sleep or a restart (upstream
+        caps this at SCHEDULEMAX); what is left is due at once next time.
+        """
         heap, buckets = self._bucket_heap, self._buckets
         state, flags, evpid = self._state, self._flags, self._evpid
-        while heap and heap[0] * BUCKET_SECONDS <= now:
+        promoted = 0
+        while heap and heap[0] * BUCKET_SECONDS <= now and promoted < PROMOTE_BUDGET:
             b = heapq.heappop(heap)
             arr = buckets.pop(b)
             key = self._key
@@ -258,6 +265,7 @@ class EnvelopeSlots:
             due.sort(key=lambda s: (key(s), evpid[s]))
             for s in due:
                 self._make_due(s, now)
+            promoted += len(due)
             if len(due) != len(valid):
                 rest = [s for s in valid if key(s) > now]
                 buckets[b] = array("I", rest)

@@ -414,3 +414,16 @@ def test_batch_keeps_a_message_and_a_destination_together() -> None:
     (b,) = drain(rq, T0)
     # message 2 came first; in message 1 b.test (either case), then a.test, then c.test
     assert b.evpids == (evp(2, 1), evp(1, 1), evp(1, 3), evp(1, 2), evp(1, 4), evp(1, 5))
+
+
+def test_promotion_after_a_long_sleep_is_spread_over_calls() -> None:
+    from smtpd.scheduler import slots
+
+    rq = RamQueue()
+    n = slots.PROMOTE_BUDGET + 100
+    for m in range(1, n + 1):  # one bucket each: due at T0 + 16*m
+        add(rq, m, kind=MTA, creation=T0 + slots.BUCKET_SECONDS * m)
+    late = T0 + slots.BUCKET_SECONDS * (n + 1)
+    first = rq.batch(Sched.ALL & ~Sched.MTA, late, 10)
+    assert first == Batch(BatchKind.NONE, delay=0)  # more is due: call again now
+    assert len(handed(rq, late)) == n
