@@ -1,0 +1,294 @@
+"""Inbound SMTP sessions through the real daemon (smtp + lookup + queue): exact
+replies (COMPAT.md §2), pipelining (RFC 2920), limits, the smuggling guard
+(RFC 5321 §2.3.8), recipient checks, alias and virtual expansion as seen in the
+spool's envelopes, and the session log lines.
+
+One daemon for the module, started with `-P mda` so that envelopes stay in the
+spool to be inspected; each test opens its own session(s).
+"""
+
+from __future__ import annotations
+
+import pwd
+import shutil
+import smtplib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.integration.conftest import free_port
+from tests.integration.daemon import Daemon, temp_workdir
+from tests.integration.smtp_helpers import (
+    ehlo_keywords,
+    queued_msgids,
+    raw_connect,
+    read_replies,
+    read_reply,
+    wait_envelopes,
+)
+
+CONFIG = """
+smtp max-message-size 10000
+smtp limit max-rcpt 2
+table aliases { "postmaster" = "root", "staff" = "root, alias-loop", "alias-loop" = "staff" }
+table vusers { "alice@virt.test" = "vmail", "sales@virt.test" = "alice@virt.test" }
+table vbase { "vmail" = "%(uid)d:%(gid)d:%(vhome)s" }
+listen on 127.0.0.1 port %(port)d
+action "local" maildir "%(mail)s/%%{user.username}" alias <aliases>
+action "virt" maildir "%(mail)s/virt/%%{user.username}" virtual <vusers> userbase <vbase>
+action "out" relay
+match from any for domain "virt.test" action "virt"
+match from any for local action "local"
+match from src 192.0.2.0/24 for any action "out"
+"""
+
+
+@dataclass(frozen=True)
+class World:
+    daemon: Daemon
+    port: int
+
+    def smtp(self) -> smtplib.SMTP:
+        s = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+        s.ehlo("client.test")
+        return s
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    work = temp_workdir()
+    nobody = pwd.getpwnam("nobody")
+    port = free_port()
+    config = CONFIG % {"port": port, "mail": work / "mail", "uid": nobody.pw_uid,
+                       "gid": nobody.pw_gid, "vhome": work / "vhome"}
+    daemon = Daemon(work, config, args=("-P", "mda"))
+    try:
+        daemon.start()
+        yield World(daemon, port)
+    finally:
+        daemon.kill_group()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def accepted_msgid(reply: tuple[int, bytes]) -> str:
+    code, text = reply
+    assert code == 250, reply
+    words = text.decode().split()
+    assert words[0] == "2.0.0" and words[2:] == ["Message", "accepted", "for", "delivery"]
+    assert len(words[1]) == 8
+    int(words[1], 16)
+    return words[1]
+
+
+# -- plain replies -----------------------------------------------------------------
+
+def test_greeting_help_noop_rset_quit(world: World) -> None:
+    sock = raw_connect(world.port)
+    try:
+        assert read_reply(sock) == (220, ["localhost ESMTP pysmtpd"])
+        sock.sendall(b"HELO client.test\r\n")
+        assert read_reply(sock) == (
+            250, ["localhost Hello client.test [127.0.0.1], pleased to meet you"])
+        sock.sendall(b"HELP\r\n")
+        assert read_reply(sock) == (214, [
+            "2.0.0 This is pysmtpd",
+            "2.0.0 To report bugs in the implementation, please contact the pysmtpd "
+            "maintainers",
+            "2.0.0 with full details",
+            "2.0.0 End of HELP info"])
+        sock.sendall(b"NOOP\r\n")
+        assert read_reply(sock) == (250, ["2.0.0 Ok"])
+        sock.sendall(b"RSET\r\n")
+        assert read_reply(sock) == (250, ["2.0.0 Reset state"])
+        sock.sendall(b"DATA\r\n")
+        assert read_reply(sock) == (
+            503, ["5.5.1 Invalid command: Command not allowed at this point."])
+        sock.sendall(b"QUIT\r\n")
+        assert read_reply(sock) == (221, ["2.0.0 Bye"])
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+
+
+def test_ehlo_advertises_configured_size(world: World) -> None:
+    assert ehlo_keywords(world.port) == [
+        "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE", "DSN", "PIPELINING", "SMTPUTF8", "HELP"]
+    with world.smtp() as s:
+        assert s.esmtp_features["size"] == "10000"
+
+
+# -- pipelining ---------------------------------------------------------------------
+
+def test_pipelined_transaction_in_one_write(world: World) -> None:
+    sock = raw_connect(world.port)
+    try:
+        sock.sendall(b"EHLO client.test\r\n"
+                     b"MAIL FROM:<pipe@client.test>\r\n"
+                     b"RCPT TO:<root@localhost>\r\n"
+                     b"RCPT TO:<no-such-user@localhost>\r\n"
+                     b"DATA\r\n"
+                     b"Subject: pipelined\r\n\r\nall at once\r\n.\r\n"
+                     b"NOOP\r\n"
+                     b"QUIT\r\n")
+        replies = read_replies(sock, 9)
+    finally:
+        sock.close()
+    codes = [code for code, _ in replies]
+    assert codes == [220, 250, 250, 250, 550, 354, 250, 250, 221], replies
+    assert replies[3] == (250, ["2.1.5 Destination address valid: Recipient ok"])
+    assert replies[4] == (550, ["Invalid recipient: <no-such-user@localhost>"])
+    assert replies[5] == (354, ['Enter mail, end with "." on a line by itself'])
+    msgid = accepted_msgid((250, replies[6][1][0].encode()))
+    envs = wait_envelopes(world.daemon, msgid)
+    assert [(e["sender"], e["rcpt"]) for e in envs] == [("pipe@client.test", "root@localhost")]
+
+
+# -- limits ----------------------------------------------------------------------
+
+def test_oversized_message_drained_then_552_and_session_usable(world: World) -> None:
+    before = queued_msgids(world.daemon.spool)
+    with world.smtp() as s:
+        s.mail("big@client.test")
+        s.rcpt("root@localhost")
+        body = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 200  # ~14 kB
+        assert s.data(body) == (
+            552, b"5.3.4 Message too big for system: Transaction failed, message too big")
+        assert s.noop() == (250, b"2.0.0 Ok")
+        s.mail("small@client.test")
+        s.rcpt("root@localhost")
+        msgid = accepted_msgid(s.data(b"Subject: small\r\n\r\nfits\r\n"))
+    assert set(queued_msgids(world.daemon.spool)) - set(before) == {msgid}
+
+
+def test_size_parameter_above_limit_refused_at_mail(world: World) -> None:
+    with world.smtp() as s:
+        assert s.mail("big@client.test", ["SIZE=20000"]) == (
+            552, b"5.3.4 Message too big for system: Message size exceeds fixed maximum "
+                 b"message size")
+
+
+def test_too_many_recipients(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("many@client.test")
+        assert s.rcpt("root@localhost")[0] == 250
+        assert s.rcpt("postmaster@localhost")[0] == 250
+        assert s.rcpt("staff@localhost") == (
+            451, b"4.5.3 Too many recipients: Too many recipients")
+
+
+def test_bad_command_budget_ends_in_421(world: World) -> None:
+    sock = raw_connect(world.port)
+    try:
+        read_reply(sock)
+        sock.sendall(b"EHLO client.test\r\n")
+        read_reply(sock)
+        sock.sendall(b"FOO\r\n" * 11)
+        replies = read_replies(sock, 11)
+        assert replies[:10] == [(500, ["5.5.1 Invalid command: Command unrecognized"])] * 10
+        assert replies[10] == (421, ["4.7.0 Too many bad commands, closing connection"])
+        assert sock.recv(1) == b""
+    finally:
+        sock.close()
+
+
+# -- smuggling ------------------------------------------------------------------
+
+def test_smuggling_never_makes_a_second_message(world: World) -> None:
+    """6.8 ends DATA at <LF>.<LF>; here the bare LF is refused and the text
+    after it is never executed as commands (COMPAT.md §1)."""
+    before = queued_msgids(world.daemon.spool)
+    sock = raw_connect(world.port)
+    try:
+        sock.sendall(b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n"
+                     b"RCPT TO:<root@localhost>\r\nDATA\r\n")
+        assert [c for c, _ in read_replies(sock, 5)] == [220, 250, 250, 250, 354]
+        sock.sendall(b"Subject: first\r\n\r\nhello\n.\n"
+                     b"MAIL FROM:<smuggled@evil.test>\n"
+                     b"RCPT TO:<root@localhost>\n"
+                     b"DATA\n"
+                     b"Subject: smuggled\n\nsmuggled\r\n.\r\n"
+                     b"NOOP\r\n")
+        code, lines = read_reply(sock)
+        assert 500 <= code < 600, (code, lines)
+        assert lines == ["5.5.2 Syntax error: bare CR or LF in message data, see RFC 5321 "
+                         "section 2.3.8"]
+        assert read_reply(sock) == (250, ["2.0.0 Ok"])  # the NOOP, nothing else
+        sock.sendall(b"QUIT\r\n")
+        assert read_reply(sock) == (221, ["2.0.0 Bye"])
+    finally:
+        sock.close()
+    assert queued_msgids(world.daemon.spool) == before
+    assert "smuggled@evil.test" not in world.daemon.log_text()
+
+
+# -- recipients -------------------------------------------------------------------
+
+def test_unknown_local_user(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("a@client.test")
+        assert s.rcpt("x@localhost") == (550, b"Invalid recipient: <x@localhost>")
+        assert s.rcpt("nobody-here@virt.test") == (
+            550, b"Invalid recipient: <nobody-here@virt.test>")
+
+
+def test_relay_denied_from_a_non_matching_source(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("a@client.test")
+        assert s.rcpt("bob@remote.example") == (
+            550, b"5.7.1 Delivery not authorized, message refused: relay denied")
+
+
+def test_alias_expansion_in_spool(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("a@client.test")
+        assert s.rcpt("postmaster@localhost")[0] == 250
+        msgid = accepted_msgid(s.data(b"Subject: alias\r\n\r\nto postmaster\r\n"))
+    (env,) = wait_envelopes(world.daemon, msgid)
+    assert env["dispatcher"] == "local"
+    assert env["type"] == "mda"
+    assert env["rcpt"] == "postmaster@localhost"
+    assert env["mda-user"] == "root"
+
+
+def test_alias_loop_ends_with_one_mailbox(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("a@client.test")
+        assert s.rcpt("staff@localhost")[0] == 250
+        msgid = accepted_msgid(s.data(b"Subject: loop\r\n\r\nstaff\r\n"))
+    envs = wait_envelopes(world.daemon, msgid)
+    assert [e["mda-user"] for e in envs] == ["root"]
+
+
+def test_virtual_user_expansion_in_spool(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("a@client.test")
+        assert s.rcpt("alice@virt.test")[0] == 250
+        assert s.rcpt("sales@virt.test")[0] == 250
+        msgid = accepted_msgid(s.data(b"Subject: virtual\r\n\r\nhi alice\r\n"))
+    envs = wait_envelopes(world.daemon, msgid)
+    assert sorted(e["rcpt"] for e in envs) == ["alice@virt.test", "sales@virt.test"]
+    for env in envs:
+        assert env["dispatcher"] == "virt"
+        assert env["mda-user"] == "vmail"
+        assert env["dest"] == "vmail"
+
+
+# -- logs ------------------------------------------------------------------------
+
+def test_session_log_lines(world: World) -> None:
+    with world.smtp() as s:
+        s.mail("logged@client.test")
+        s.rcpt("root@localhost")
+        msgid = accepted_msgid(s.data(b"Subject: log\r\n\r\nlog me\r\n"))
+        s.rcpt("x@localhost")  # out of sequence after the message: a failed command
+    d = world.daemon
+    line = d.wait_for(rf"smtp message msgid={msgid} ")
+    sid = line.split()[0]
+    assert len(sid) == 16
+    d.wait_for(rf"^{sid} smtp connected address=127\.0\.0\.1 host=")
+    d.wait_for(rf"^{sid} smtp message msgid={msgid} size=\d+ nrcpt=1 proto=ESMTP$")
+    d.wait_for(rf"^{sid} smtp envelope from=<logged@client\.test> to=<root@localhost>$")
+    d.wait_for(rf'^{sid} smtp failed-command command="rcpt to:<x@localhost>" '
+               r'result="503 5\.5\.1 Invalid command: Command not allowed at this point\."$')
+    d.wait_for(rf"^{sid} smtp disconnected reason=quit$")
