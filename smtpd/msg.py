@@ -68,6 +68,8 @@ class Msg(enum.IntEnum):
     LOOKUP_RCPT_RESULT = 41
     SMTP_AUTH_CHECK = 42
     QUEUE_RCPT_CHECK = 44  # routing a bounce's recipient (the original sender)
+    SMTP_HOST_LOOKUP = 45
+    LOOKUP_HOST_RESULT = 46
     LOOKUP_AUTH_RESULT = 43
     # scheduling and delivery: queue <-> scheduler, queue <-> parent
     QUEUE_MESSAGE_SCHEDULE = 50
@@ -218,6 +220,20 @@ class RcptResult:
 
 
 @dataclass(frozen=True, slots=True)
+class HostLookup:
+    reqid: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class HostResult:
+    reqid: int
+    name: str             # reverse DNS name, "" if none
+    confirmed: bool       # forward-confirmed (FCrDNS)
+    tempfail: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AuthCheck:
     reqid: int
     table: str            # "" = system accounts
@@ -334,6 +350,8 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.SMTP_RCPT_CHECK: Route(_S, _L, RcptCheck),
     Msg.LOOKUP_RCPT_RESULT: Route(_L, _S | _Q, RcptResult),
     Msg.QUEUE_RCPT_CHECK: Route(_Q, _L, RcptCheck),
+    Msg.SMTP_HOST_LOOKUP: Route(_S, _L, HostLookup),
+    Msg.LOOKUP_HOST_RESULT: Route(_L, _S, HostResult),
     Msg.SMTP_AUTH_CHECK: Route(_S, _L, AuthCheck),
     Msg.LOOKUP_AUTH_RESULT: Route(_L, _S, AuthResult),
     Msg.QUEUE_MESSAGE_SCHEDULE: Route(_Q, _SCH, MessageSchedule),

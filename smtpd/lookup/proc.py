@@ -14,8 +14,18 @@ from passlib.hash import sha256_crypt, sha512_crypt
 
 from imsg import Frame
 from smtpd.config.ruleset import RuleInput, Ruleset
+from smtpd.lookup.dns import client_hostname, make_resolver
 from smtpd.lookup.expand import Expander, ExpandError, unknown_recipient
-from smtpd.msg import AuthCheck, AuthResult, Msg, Proc, RcptCheck, RcptResult
+from smtpd.msg import (
+    AuthCheck,
+    AuthResult,
+    HostLookup,
+    HostResult,
+    Msg,
+    Proc,
+    RcptCheck,
+    RcptResult,
+)
 from smtpd.proc import Child
 from smtpd.queue.envelope import EnvelopeError, dump_envelope, load_envelope
 from smtpd.table.backend import Table, TableError, TableTempFail, open_table
@@ -68,6 +78,16 @@ class LookupProcess(Child):
         self.handle(Proc.SMTP, Msg.SMTP_RCPT_CHECK, self._on_rcpt)
         self.handle(Proc.SMTP, Msg.SMTP_AUTH_CHECK, self._on_auth)
         self.handle(Proc.QUEUE, Msg.QUEUE_RCPT_CHECK, self._on_queue_rcpt)
+        self.handle(Proc.SMTP, Msg.SMTP_HOST_LOOKUP, self._on_host_lookup)
+        self.resolver = make_resolver()
+
+    def _on_host_lookup(self, req: HostLookup, _frame: Frame) -> None:
+        self.loop.create_task(self._host_lookup(req))
+
+    async def _host_lookup(self, req: HostLookup) -> None:
+        host = await client_hostname(self.resolver, req.address)
+        self.send(Proc.SMTP, Msg.LOOKUP_HOST_RESULT,
+                  HostResult(req.reqid, host.name, host.confirmed, host.tempfail))
 
     def _on_rcpt(self, req: RcptCheck, _frame: Frame) -> None:
         ok, reply, envelopes = self.check_rcpt(req)

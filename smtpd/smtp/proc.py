@@ -21,6 +21,8 @@ from smtpd.config.model import AuthMode, Listener, TlsMode
 from smtpd.msg import (
     AuthCheck,
     AuthResult,
+    HostLookup,
+    HostResult,
     ListenerSend,
     MessageCommit,
     MessageCommitted,
@@ -89,6 +91,7 @@ class SmtpProcess(Child):
         self.handle(Proc.QUEUE, Msg.QUEUE_REQUEST_FAILED, self._resolve)
         self.handle(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._resolve)
         self.handle(Proc.LOOKUP, Msg.LOOKUP_AUTH_RESULT, self._resolve)
+        self.handle(Proc.LOOKUP, Msg.LOOKUP_HOST_RESULT, self._resolve)
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_PAUSE, self._on_pause)
 
     def runtime_for(self, listener: Listener) -> ListenerRuntime:
@@ -277,6 +280,13 @@ class SmtpProcess(Child):
         answer = await fut
         assert isinstance(answer, RcptResult)
         return answer.ok, reply_from_line(answer.reply), answer.envelopes
+
+    async def lookup_host(self, address: str) -> HostResult:
+        reqid, fut = self._request()
+        self.send(Proc.LOOKUP, Msg.SMTP_HOST_LOOKUP, HostLookup(reqid, address))
+        answer = await fut
+        assert isinstance(answer, HostResult)
+        return answer
 
     async def lookup_auth(self, table: str, username: str, password: str) -> str:
         reqid, fut = self._request()

@@ -95,6 +95,7 @@ class Session:
         else:
             self.src, self.src_port = "local", 0
         self.rdns = ""
+        self.fcrdns = False
         tls_on = writer.get_extra_info("ssl_object") is not None
         limits = replace(listener.limits, tls_active=tls_on)
         self.proto = ServerProtocol(limits)
@@ -106,8 +107,11 @@ class Session:
     # -- the loop --------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.src != "local":
+            host = await self.smtp.lookup_host(self.src)
+            self.rdns, self.fcrdns = host.name, host.confirmed
         self.log.info("%s smtp connected address=%s host=%s", self.sid,
-                      format_address(self.src, self.src_port), self.rdns or self.src)
+                      format_address(self.src, self.src_port), self.rdns or "<unknown>")
         try:
             if self.smtp.paused:
                 self._write(self.proto.send(Reply(421, "4.3.0", "Service temporarily paused")))
@@ -283,7 +287,7 @@ class Session:
         if self.auth_user:
             proto += "A"
         lines = [f"Received: from {self.proto.helo or self.src} "
-                 f"({self.rdns or self.src} [{self.src}])"]
+                 f"({self.rdns or 'unknown'} [{self.src}])"]
         if tls is not None:
             cipher = tls.cipher()
             lines.append(f"\t({tls.version()}:{cipher[0]}:{cipher[2]}:NO)")

@@ -108,7 +108,7 @@ def test_subaddress_and_postmaster(setup: tuple[Ruleset, Expander]) -> None:
     assert env.mda_user == pwd.getpwnam(ME).pw_name
     assert env.mda_subaddress == "lists"
     (pm,) = expander.expand(rule, template("postmaster@localhost"))
-    assert pm.dest == ME and pm.dispatcher == "local"
+    assert pm.dest == f"{ME}@localhost" and pm.dispatcher == "local"
 
 
 def test_virtual_users_need_no_system_account(setup: tuple[Ruleset, Expander]) -> None:
