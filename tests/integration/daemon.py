@@ -41,7 +41,9 @@ class Daemon:
                   f'control socket "{self.socket}"\n')
         self.conf.write_text(header + config)
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        # Never let a test daemon query the machine's resolver: only loopback
+        # traffic is allowed here.  Tests that need DNS run a stub and set this.
+        self.env = {**os.environ, "PYSMTPD_RESOLVER": "127.0.0.1:9", **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._cond = threading.Condition()
