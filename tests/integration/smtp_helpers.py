@@ -95,3 +95,11 @@ def wait_envelopes(daemon: Daemon, msgid: str, timeout: float = 5.0) -> list[dic
         if time.monotonic() > deadline:
             raise AssertionError(f"message {msgid} not in {daemon.spool}/queue")
         time.sleep(0.05)
+
+
+def pause_mda(daemon: Daemon) -> None:
+    # `-P mda` should be enough; pausing through smtpctl as well keeps the
+    # envelopes in the spool even if a child does not see the flag.
+    daemon.smtpctl("pause", "mda")
+    status = daemon.smtpctl("show", "status")
+    assert "MDA paused" in status.stdout, status

@@ -21,6 +21,7 @@ from tests.integration.conftest import free_port
 from tests.integration.daemon import Daemon, temp_workdir
 from tests.integration.smtp_helpers import (
     ehlo_keywords,
+    pause_mda,
     queued_msgids,
     raw_connect,
     read_replies,
@@ -70,14 +71,6 @@ def world() -> Iterator[World]:
     finally:
         daemon.kill_group()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def pause_mda(daemon: Daemon) -> None:
-    # `-P mda` should be enough; pausing through smtpctl as well keeps the
-    # envelopes in the spool even if a child does not see the flag.
-    daemon.smtpctl("pause", "mda")
-    status = daemon.smtpctl("show", "status")
-    assert "MDA paused" in status.stdout, status
 
 
 def accepted_msgid(reply: tuple[int, bytes]) -> str:

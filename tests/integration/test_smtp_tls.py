@@ -20,6 +20,7 @@ from tests.integration.conftest import free_port
 from tests.integration.daemon import Daemon, temp_workdir
 from tests.integration.smtp_helpers import (
     ehlo_keywords,
+    pause_mda,
     raw_connect,
     read_reply,
     wait_envelopes,
@@ -72,9 +73,10 @@ def world() -> Iterator[TlsWorld]:
     ports = {name: free_port() for name in ("plain", "starttls", "require", "smtps", "auth")}
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     daemon = Daemon(work, CONFIG % {"cert": cert_path, "key": key_path, "hash": hashed,
-                                    "mail": work / "mail", **ports})
+                                    "mail": work / "mail", **ports}, args=("-P", "mda"))
     try:
         daemon.start()
+        pause_mda(daemon)
         yield TlsWorld(daemon, ca, **ports)
     finally:
         daemon.kill_group()
