@@ -33,6 +33,8 @@ class Options:
         argv += ["-v"] * self.verbose
         for k, v in self.macros.items():
             argv += ["-D", f"{k}={v}"]
+        for system in sorted(self.paused):
+            argv += ["-P", system]
         for t in Trace:
             if t.name and t is not Trace.ALL and self.traces & t:
                 argv += ["-T", t.name.lower()]
