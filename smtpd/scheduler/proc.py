@@ -78,8 +78,10 @@ class SchedulerProcess(Child):
         for _ in range(MAX_BATCHES_PER_RUN):
             batch = self.sched.batch(int(time.time()))
             if batch.kind is BatchKind.NONE:
-                if batch.delay is not None:
-                    self.timer = self.loop.call_later(max(batch.delay, 1), self._kick)
+                if batch.delay == 0:
+                    self._kick()  # more is due than one batch() promotes: go on
+                elif batch.delay is not None:
+                    self.timer = self.loop.call_later(batch.delay, self._kick)
                 break
             if batch.kind is BatchKind.UPDATE:
                 continue
