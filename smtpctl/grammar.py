@@ -81,6 +81,7 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("stop",), "stop", True),
     CommandSpec(("trace", Arg.TRACE), "trace", True),
     CommandSpec(("unprofile", Arg.PROFILE), "unprofile", True),
+    CommandSpec(("update", "table", Arg.TABLE), "update_table", True),
     CommandSpec(("untrace", Arg.TRACE), "untrace", True),
 )
 

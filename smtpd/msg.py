@@ -86,6 +86,8 @@ class Msg(enum.IntEnum):
     CTL_QUEUE_REQUEST = 72
     QUEUE_CTL_REPLY = 73
     CTL_SMTP_PAUSE = 74
+    CTL_LOOKUP_REQUEST = 75
+    LOOKUP_CTL_REPLY = 76
     # smtpctl client <-> control (untrusted peer)
     CLIENT_HELLO = 100
     CLIENT_COMMAND = 101
@@ -367,6 +369,8 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.CTL_QUEUE_REQUEST: Route(_C, _Q, CtlRequest),
     Msg.QUEUE_CTL_REPLY: Route(_Q, _C, CtlReply),
     Msg.CTL_SMTP_PAUSE: Route(_C, _S, PauseSet),
+    Msg.CTL_LOOKUP_REQUEST: Route(_C, _L, CtlRequest),
+    Msg.LOOKUP_CTL_REPLY: Route(_L, _C, CtlReply),
     Msg.CLIENT_HELLO: Route(frozenset({Proc.CLIENT}), frozenset({Proc.CONTROL}), ClientHello),
     Msg.CLIENT_COMMAND: Route(
         frozenset({Proc.CLIENT}), frozenset({Proc.CONTROL}), ClientCommand),

@@ -137,6 +137,7 @@ class ControlProcess(Child):
         self.handle(Proc.PARENT, Msg.PARENT_CONTROL_SOCKET_SEND, self._on_control_socket)
         self.handle(Proc.SCHEDULER, Msg.SCHEDULER_CTL_REPLY, self._on_ctl_reply)
         self.handle(Proc.QUEUE, Msg.QUEUE_CTL_REPLY, self._on_ctl_reply)
+        self.handle(Proc.LOOKUP, Msg.LOOKUP_CTL_REPLY, self._on_ctl_reply)
         # reqid -> what to do with the lines of the answer once done
         self.requests: dict[int, PendingRequest] = {}
         self.next_reqid = 1
@@ -266,7 +267,8 @@ class ControlProcess(Child):
         reqid = self.next_reqid
         self.next_reqid += 1
         self.requests[reqid] = PendingRequest(client, on_done)
-        msg = Msg.CTL_SCHEDULER_REQUEST if peer is Proc.SCHEDULER else Msg.CTL_QUEUE_REQUEST
+        msg = {Proc.SCHEDULER: Msg.CTL_SCHEDULER_REQUEST, Proc.QUEUE: Msg.CTL_QUEUE_REQUEST,
+               Proc.LOOKUP: Msg.CTL_LOOKUP_REQUEST}[peer]
         self.send(peer, msg, CtlRequest(reqid, verb, args))
 
     def _on_ctl_reply(self, payload: CtlReply, _frame: Frame) -> None:
@@ -325,6 +327,9 @@ class ControlProcess(Child):
 
     def cmd_show_message(self, client: ClientSession, ident: str) -> None:
         self._relay(client, Proc.QUEUE, "message", ident)
+
+    def cmd_update_table(self, client: ClientSession, name: str) -> None:
+        self._relay(client, Proc.LOOKUP, "update-table", name)
 
     def cmd_show_queue(self, client: ClientSession) -> None:
         """The queue's envelopes with the scheduler's run state merged in."""

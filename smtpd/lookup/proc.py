@@ -19,6 +19,8 @@ from smtpd.lookup.expand import Expander, ExpandError, unknown_recipient
 from smtpd.msg import (
     AuthCheck,
     AuthResult,
+    CtlReply,
+    CtlRequest,
     HostLookup,
     HostResult,
     Msg,
@@ -79,7 +81,28 @@ class LookupProcess(Child):
         self.handle(Proc.SMTP, Msg.SMTP_AUTH_CHECK, self._on_auth)
         self.handle(Proc.QUEUE, Msg.QUEUE_RCPT_CHECK, self._on_queue_rcpt)
         self.handle(Proc.SMTP, Msg.SMTP_HOST_LOOKUP, self._on_host_lookup)
+        self.handle(Proc.CONTROL, Msg.CTL_LOOKUP_REQUEST, self._on_ctl)
         self.resolver = make_resolver()
+
+    def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
+        status, line = 1, f"smtpctl: unknown lookup request {req.verb}"
+        if req.verb == "update-table":
+            status, line = self.update_table(req.args[0])
+        self.send(Proc.CONTROL, Msg.LOOKUP_CTL_REPLY, CtlReply(req.reqid, status, [line], True))
+
+    def update_table(self, name: str) -> tuple[int, str]:
+        """`smtpctl update table NAME`: reload it; on error the old content stays
+        and sessions keep running."""
+        table = self.tables.get(name)
+        if table is None:
+            return 1, f"smtpctl: no table named {name}"
+        try:
+            table.update()
+        except (TableError, OSError) as exc:
+            self.log.warning("lookup: table %s: update failed: %s", name, exc)
+            return 1, "command failed"
+        self.log.info("info: table %s updated", name)
+        return 0, "command succeeded"
 
     def _on_host_lookup(self, req: HostLookup, _frame: Frame) -> None:
         self.loop.create_task(self._host_lookup(req))
