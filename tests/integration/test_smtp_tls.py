@@ -38,6 +38,7 @@ class TlsWorld:
     require: int
     smtps: int
     auth: int  # STARTTLS + auth-optional <creds>
+    auth_required: int  # STARTTLS + auth <creds>
 
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()
@@ -54,6 +55,7 @@ listen on 127.0.0.1 port %(starttls)d tls pki localhost
 listen on 127.0.0.1 port %(require)d tls-require pki localhost
 listen on 127.0.0.1 port %(smtps)d smtps pki localhost
 listen on 127.0.0.1 port %(auth)d tls pki localhost auth-optional <creds>
+listen on 127.0.0.1 port %(auth_required)d tls pki localhost auth <creds>
 action "local" maildir "%(mail)s/%%{user.username}"
 action "out" relay
 match from any for local action "local"
@@ -70,7 +72,8 @@ def world() -> Iterator[TlsWorld]:
     cert.cert_chain_pems[0].write_to_path(str(cert_path))
     cert.private_key_pem.write_to_path(str(key_path))
     key_path.chmod(0o600)
-    ports = {name: free_port() for name in ("plain", "starttls", "require", "smtps", "auth")}
+    ports = {name: free_port() for name in ("plain", "starttls", "require", "smtps", "auth",
+                                      "auth_required")}
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     daemon = Daemon(work, CONFIG % {"cert": cert_path, "key": key_path, "hash": hashed,
                                     "mail": work / "mail", **ports}, args=("-P", "mda"))
@@ -221,6 +224,16 @@ def test_auth_login_success(world: TlsWorld) -> None:
         assert read_reply(tls) == (503, ["5.5.1 Invalid command: Already authenticated"])
     finally:
         sock.close()
+
+
+def test_auth_listener_refuses_mail_before_auth(world: TlsWorld) -> None:
+    with smtplib.SMTP("127.0.0.1", world.auth_required, timeout=10) as s:
+        s.starttls(context=world.client_context())
+        s.ehlo("client.test")
+        assert s.mail("alice@client.test") == (
+            530, b"5.5.1 Invalid command: Must issue an AUTH command first")
+        s.login("alice", PASSWORD)
+        assert s.mail("alice@client.test") == (250, b"2.0.0 Ok")
 
 
 def test_relay_only_when_authenticated(world: TlsWorld) -> None:
