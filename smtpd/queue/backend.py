@@ -11,6 +11,9 @@ registered backend):
 * ``put(kind, oid, data) -> int``: store ``data`` (bytes, an iterable of
   chunks, or a binary file read to EOF), replacing any previous blob
   atomically; durable when it returns. Returns the size stored.
+* ``put_many([(kind, oid, data), ...]) -> list[int]``: several puts, all
+  durable when it returns (the fs backend fsyncs each directory once, not
+  once per file); not atomic as a group.
 * ``get(kind, oid) -> BinaryIO``: a readable stream of the blob (caller
   closes); ``BlobNotFound`` if missing.
 * ``delete(kind, oid) -> bool``: durable removal; False if it was missing.
@@ -23,7 +26,7 @@ registered backend):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -38,6 +41,8 @@ class QueueBackend(Protocol):
     name: str
 
     def put(self, kind: Kind, oid: int, data: BlobSource) -> int: ...
+
+    def put_many(self, items: Iterable[tuple[Kind, int, BlobSource]]) -> list[int]: ...
 
     def get(self, kind: Kind, oid: int) -> BinaryIO: ...
 

@@ -245,13 +245,14 @@ class QueueFront:
         written: list[int] = []
         try:
             with src:
-                for env in envs:
-                    data = dump_envelope(env)
-                    self.backend.put(
-                        Kind.ENVELOPE, env.evpid, self._encode(Kind.ENVELOPE, env.evpid, [data])
-                    )
-                    written.append(env.evpid)
-                # The commit point: without this blob, recover() drops the envelopes.
+                # All envelopes durable first (one directory fsync for them all)...
+                written = [env.evpid for env in envs]
+                self.backend.put_many(
+                    (Kind.ENVELOPE, env.evpid,
+                     self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
+                    for env in envs
+                )
+                # ...then the commit point: without this blob, recover() drops them.
                 self.backend.put(
                     Kind.MESSAGE, msgid, self._encode(Kind.MESSAGE, msgid, iter_source(src))
                 )

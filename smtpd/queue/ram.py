@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
@@ -19,6 +19,9 @@ class RamBackend:
         blob = b"".join(iter_source(data))
         self._blobs[kind, oid] = blob  # one assignment: atomic replace
         return len(blob)
+
+    def put_many(self, items: Iterable[tuple[Kind, int, BlobSource]]) -> list[int]:
+        return [self.put(kind, oid, data) for kind, oid, data in items]
 
     def get(self, kind: Kind, oid: int) -> BinaryIO:
         try:

@@ -76,12 +76,8 @@ def prepare_spool(root: Path, *, owner: tuple[int, int] | None = None) -> None:
             os.chown(d, 0 if name == "offline" else uid, gid)
 
 
-def write_durable(target: Path, chunks: Iterable[bytes], tmpdir: Path, stop: Path) -> int:
-    """Atomically replace ``target`` with ``chunks``; durable when it returns.
-
-    ``tmpdir`` must be on the same filesystem (the spool's temporary/).
-    Returns the number of bytes written.
-    """
+def write_temp(chunks: Iterable[bytes], tmpdir: Path) -> tuple[Path, int]:
+    """Write ``chunks`` to a new fsynced file in ``tmpdir``: (path, size)."""
     tmp = tmpdir / f"put.{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     size = 0
@@ -92,13 +88,38 @@ def write_durable(target: Path, chunks: Iterable[bytes], tmpdir: Path, stop: Pat
                 size += len(chunk)
             f.flush()
             os.fsync(f.fileno())
-        make_dir_durable(target.parent, stop)
-        os.rename(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(target.parent)
+    return tmp, size
+
+
+def install_durable(moves: list[tuple[Path, Path]], stop: Path) -> None:
+    """Rename fsynced temp files into place, then fsync each target directory
+    once: N files in one message directory cost one directory fsync."""
+    try:
+        for _tmp, target in moves:
+            make_dir_durable(target.parent, stop)
+        for tmp, target in moves:
+            os.rename(tmp, target)
+    except BaseException:
+        for tmp, _target in moves:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for parent in dict.fromkeys(target.parent for _tmp, target in moves):
+        fsync_dir(parent)
+
+
+def write_durable(target: Path, chunks: Iterable[bytes], tmpdir: Path, stop: Path) -> int:
+    """Atomically replace ``target`` with ``chunks``; durable when it returns.
+
+    ``tmpdir`` must be on the same filesystem (the spool's temporary/).
+    Returns the number of bytes written.
+    """
+    tmp, size = write_temp(chunks, tmpdir)
+    install_durable([(tmp, target)], stop)
     return size
 
 
@@ -121,13 +142,13 @@ def rmdir_if_empty(path: Path) -> None:
 
 
 def remove_tree(path: Path, purge: Path) -> None:
-    """Remove a directory atomically: rename into purge/, then delete it."""
+    """Remove a directory at once: rename into purge/, then delete it. Not
+    fsynced: what a crash resurrects, recover() removes again."""
     victim = purge / f"{path.name}.{secrets.token_hex(4)}"
     try:
         os.rename(path, victim)
     except FileNotFoundError:
         return
-    fsync_dir(path.parent)
     shutil.rmtree(victim, ignore_errors=True)
 
 

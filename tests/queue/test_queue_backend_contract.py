@@ -84,6 +84,15 @@ def test_streaming_sources(backend: QueueBackend) -> None:
     assert read(backend, Kind.MESSAGE, M3) == b""
 
 
+def test_put_many(backend: QueueBackend) -> None:
+    sizes = backend.put_many([(Kind.ENVELOPE, E1, b"one"), (Kind.ENVELOPE, E2, iter([b"tw", b"o"])),
+                              (Kind.MESSAGE, M1, io.BytesIO(b"message"))])
+    assert sizes == [3, 3, 7]
+    assert [read(backend, Kind.ENVELOPE, e) for e in (E1, E2)] == [b"one", b"two"]
+    assert read(backend, Kind.MESSAGE, M1) == b"message"
+    assert backend.put_many([]) == []
+
+
 def test_failed_put_keeps_old_blob(backend: QueueBackend) -> None:
     backend.put(Kind.MESSAGE, M1, b"old")
 
@@ -94,6 +103,9 @@ def test_failed_put_keeps_old_blob(backend: QueueBackend) -> None:
     with pytest.raises(RuntimeError):
         backend.put(Kind.MESSAGE, M1, failing())
     assert read(backend, Kind.MESSAGE, M1) == b"old"
+    with pytest.raises(RuntimeError):
+        backend.put_many([(Kind.MESSAGE, M1, b"new"), (Kind.MESSAGE, M2, failing())])
+    assert read(backend, Kind.MESSAGE, M1) in (b"old", b"new")
 
 
 def test_list_sorted_with_cursor(backend: QueueBackend) -> None:
