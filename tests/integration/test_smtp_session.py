@@ -196,20 +196,22 @@ def test_bad_command_budget_ends_in_421(world: World) -> None:
 
 # -- smuggling ------------------------------------------------------------------
 
-def test_smuggling_never_makes_a_second_message(world: World) -> None:
-    """6.8 ends DATA at <LF>.<LF>; here the bare LF is refused and the text
-    after it is never executed as commands (COMPAT.md §1)."""
+@pytest.mark.parametrize("fake_end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n",
+                                      b"\r\n.\r"])
+def test_smuggling_never_makes_a_second_message(world: World, fake_end: bytes) -> None:
+    """6.8 ends DATA at <LF>.<LF>; here only CRLF.CRLF ends it, the bare CR/LF
+    is refused and the text after it is never executed (COMPAT.md §1)."""
     before = queued_msgids(world.daemon.spool)
     sock = raw_connect(world.port)
     try:
         sock.sendall(b"EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n"
                      b"RCPT TO:<root@localhost>\r\nDATA\r\n")
         assert [c for c, _ in read_replies(sock, 5)] == [220, 250, 250, 250, 354]
-        sock.sendall(b"Subject: first\r\n\r\nhello\n.\n"
-                     b"MAIL FROM:<smuggled@evil.test>\n"
-                     b"RCPT TO:<root@localhost>\n"
-                     b"DATA\n"
-                     b"Subject: smuggled\n\nsmuggled\r\n.\r\n"
+        sock.sendall(b"Subject: first\r\n\r\nhello" + fake_end +
+                     b"MAIL FROM:<smuggled@evil.test>\r\n"
+                     b"RCPT TO:<root@localhost>\r\n"
+                     b"DATA\r\n"
+                     b"Subject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
                      b"NOOP\r\n")
         code, lines = read_reply(sock)
         assert 500 <= code < 600, (code, lines)
