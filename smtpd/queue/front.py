@@ -91,15 +91,20 @@ class QueueFront:
         old_keys: Sequence[str] = (),
         cache_size: int = 1024,
         kdf_n: int = SCRYPT_N,
+        readonly: bool = False,
     ) -> None:
         """``spool`` holds incoming/ and temporary/ (for ``fs`` it is also the
         backend's root). ``old_keys`` are accepted for reading only (key
         rotation; ``rewrite_all`` then re-encrypts with ``encryption_key``).
         ``kdf_n`` is the scrypt cost used when a new spool key file is made.
-        Raises WrongKey when no given key is the spool's."""
+        Raises WrongKey when no given key is the spool's. ``readonly`` is for
+        offline readers (smtpctl show envelope/message with a key): nothing
+        in the spool is created or written (use only the reading methods)."""
         self.backend = backend
         self.spool = Path(spool)
-        prepare_spool(self.spool)
+        self.readonly = readonly
+        if not readonly:
+            prepare_spool(self.spool)
         self._incoming = self.spool / "incoming"
         self._temporary = self.spool / "temporary"
         self._purge = self.spool / "purge"
@@ -137,7 +142,7 @@ class QueueFront:
         self._kdf_params = params
         if key is not None:
             self._master = masters[0]
-            if fresh or spool_key_id != self._master.key_id:
+            if (fresh or spool_key_id != self._master.key_id) and not self.readonly:
                 # The spool is now written with this key (rotation or first use).
                 self.backend.put(Kind.KEYCHECK, 0, dump_keycheck(params, self._master.key_id))
 

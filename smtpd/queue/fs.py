@@ -49,9 +49,13 @@ class FsBackend:
 
     name = "fs"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
+        """``create=False`` for offline readers (smtpctl): no directory is made."""
         self.root = Path(root)
-        prepare_spool(self.root)
+        if create:
+            prepare_spool(self.root)
+        elif not (self.root / "queue").is_dir():
+            raise FileNotFoundError(f"{self.root}: not a spool (no queue/ directory)")
         self._queue = self.root / "queue"
         self._corrupt = self.root / "corrupt"
         # put() writes here first; QueueFront.recover() clears what a crash left.

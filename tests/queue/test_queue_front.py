@@ -466,3 +466,24 @@ def test_decrypting_the_whole_spool_frees_it_for_a_new_key(factory: Factory) -> 
         assert f.read() == b"Received: x\n\nnew\n"
     with pytest.raises(WrongKey):
         factory(encryption_key="old")
+
+
+def test_readonly_offline_reader(tmp_path: Path) -> None:
+    """smtpctl show message/envelope with the key: reads, never writes."""
+    spool = tmp_path / "spool"
+    daemon = QueueFront(FsBackend(spool), spool=spool, compression=True, encryption_key="k",
+                        kdf_n=KDF_N)
+    msgid, evpids = submit(daemon, b"Received: x\n\nshow me\n")
+    before = sorted((p, p.stat().st_mtime_ns) for p in spool.rglob("*"))
+    reader = QueueFront(FsBackend(spool, create=False), spool=spool, encryption_key="k",
+                        readonly=True)
+    with reader.message_open(msgid) as f:
+        assert f.read() == b"Received: x\n\nshow me\n"
+    assert reader.envelope_load(evpids[0]).evpid == evpids[0]
+    with pytest.raises(WrongKey):
+        QueueFront(FsBackend(spool, create=False), spool=spool, encryption_key="bad",
+                   readonly=True)
+    assert sorted((p, p.stat().st_mtime_ns) for p in spool.rglob("*")) == before
+    with pytest.raises(FileNotFoundError, match="not a spool"):
+        FsBackend(tmp_path / "nowhere", create=False)
+    assert not (tmp_path / "nowhere").exists()
