@@ -198,6 +198,7 @@ class Spawned:
         self.mail = mail
         self.peak_rss = 0
         self.last: dict[int, ProcSample] = {}
+        self.titles: dict[int, str] = {}
         args = [sys.executable, "-m", "smtpd", "-d", "-f", str(conf)]
         if not delivery:
             args += ["-P", "mda"]
@@ -237,6 +238,10 @@ class Spawned:
             if s is not None:
                 self.last[pid] = s
                 total += s.rss_bytes
+                if pid not in self.titles:
+                    with contextlib.suppress(OSError):
+                        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                        self.titles[pid] = cmd.decode(errors="replace").removeprefix("smtpd: ")
         self.peak_rss = max(self.peak_rss, total)
 
     def figures(self) -> tuple[float, int, int]:
@@ -246,6 +251,13 @@ class Spawned:
         cpu = sum(s.cpu_seconds for s in self.last.values())
         hwm = sum(s.hwm_bytes for s in self.last.values())
         return cpu, self.peak_rss, hwm
+
+    def cpu_by_process(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, s in self.last.items():
+            title = self.titles.get(pid, str(pid))
+            out[title] = out.get(title, 0.0) + s.cpu_seconds
+        return out
 
     def delivered(self) -> int:
         return sum(1 for _ in self.mail.glob("*/new/*"))
@@ -301,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             while daemon.delivered() < want and time.monotonic() < deadline:
                 time.sleep(0.2)
             print(f"delivered to Maildir: {daemon.delivered()} of {want}")
+        if daemon:
+            daemon.take_sample()
+            split = sorted(daemon.cpu_by_process().items(), key=lambda kv: -kv[1])
+            print("cpu by process (s): " + ", ".join(f"{k} {v:.2f}" for k, v in split))
     finally:
         if daemon:
             daemon.stop()
