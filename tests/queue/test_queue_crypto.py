@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpd.crypto.kdf import (
     KdfParams,
@@ -152,3 +155,25 @@ def test_kdf_and_keycheck() -> None:
     with pytest.raises(KeyError_):
         derive_master_key("", PARAMS)
     assert "key=" not in repr(KEY)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 3 * CHUNK_SIZE + 3), st.lists(st.integers(1, 100_000), max_size=6),
+       st.randoms(use_true_random=False))
+def test_any_size_and_any_split_round_trips(size: int, cuts: list[int],
+                                            rnd: random.Random) -> None:
+    data = rnd.randbytes(size)
+    pieces, pos = [], 0
+    for cut in cuts:  # the writer fed in uneven pieces
+        pieces.append(data[pos : pos + cut])
+        pos += cut
+    pieces.append(data[pos:])
+    sealed = b"".join(encrypt_chunks(KEY, LABEL, pieces))
+    step = rnd.randint(1, 3 * RECORD_SIZE)
+    assert b"".join(decrypt_chunks(KEYS, LABEL, [sealed[i : i + step]
+                                                  for i in range(0, len(sealed), step)])) == data
+    flip = rnd.randrange(len(sealed))
+    bad = bytearray(sealed)
+    bad[flip] ^= 1 << rnd.randrange(8)
+    with pytest.raises(DecryptError):
+        dec(bytes(bad))
