@@ -12,6 +12,7 @@ from __future__ import annotations
 import pwd
 import shutil
 import smtplib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -297,3 +298,34 @@ def test_session_log_lines(world: World) -> None:
     d.wait_for(rf'^{sid} smtp failed-command command="rcpt to:<x@localhost>" '
                r'result="503 5\.5\.1 Invalid command: Command not allowed at this point\."$')
     d.wait_for(rf"^{sid} smtp disconnected reason=quit$")
+
+
+# -- rollback -------------------------------------------------------------------
+
+def wait_incoming_empty(world: World, timeout: float = 5.0) -> list[str]:
+    incoming = world.daemon.spool / "incoming"
+    deadline = time.monotonic() + timeout
+    while (left := sorted(p.name for p in incoming.iterdir())) and (
+            time.monotonic() < deadline):
+        time.sleep(0.05)
+    return left
+
+
+def test_rset_and_disconnect_roll_back_the_incoming_message(world: World) -> None:
+    before = queued_msgids(world.daemon.spool)
+    with world.smtp() as s:
+        s.mail("gone@client.test")
+        s.rcpt("root@localhost")
+        assert list((world.daemon.spool / "incoming").iterdir())  # being received
+        assert s.rset() == (250, b"2.0.0 Reset state")
+        assert wait_incoming_empty(world) == []
+    sock = raw_connect(world.port)
+    try:
+        sock.sendall(b"EHLO client.test\r\nMAIL FROM:<cut@client.test>\r\n"
+                     b"RCPT TO:<root@localhost>\r\nDATA\r\n")
+        assert [c for c, _ in read_replies(sock, 5)] == [220, 250, 250, 250, 354]
+        sock.sendall(b"Subject: cut\r\n\r\nhalf a message")
+    finally:
+        sock.close()
+    assert wait_incoming_empty(world) == []
+    assert queued_msgids(world.daemon.spool) == before
