@@ -329,3 +329,23 @@ def test_rset_and_disconnect_roll_back_the_incoming_message(world: World) -> Non
         sock.close()
     assert wait_incoming_empty(world) == []
     assert queued_msgids(world.daemon.spool) == before
+
+
+# -- smtpctl ----------------------------------------------------------------------
+
+def test_pause_smtp_refuses_new_sessions_until_resumed(world: World) -> None:
+    d = world.daemon
+    assert d.smtpctl("pause", "smtp").stdout.strip() == "command succeeded"
+    try:
+        d.wait_for(r"smtp: paused")
+        sock = raw_connect(world.port)
+        try:
+            assert read_reply(sock) == (421, ["4.3.0 Service temporarily paused"])
+            assert sock.recv(1) == b""
+        finally:
+            sock.close()
+    finally:
+        assert d.smtpctl("resume", "smtp").stdout.strip() == "command succeeded"
+    d.wait_for(r"smtp: resumed")
+    with world.smtp() as s:
+        assert s.noop() == (250, b"2.0.0 Ok")
