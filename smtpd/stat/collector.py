@@ -46,7 +46,8 @@ class StatCollector:
         if hist is None:
             hist = self._histograms[key] = Histogram()
         hist.observe(ns)
-        self._dirty()
+        if not self._pending:
+            self._dirty()
 
     def drain(self) -> list[StatUpdate]:
         updates = [StatUpdate(k, kind, StatOp.SET, v) for k, (kind, v) in self._sets.items()]

@@ -10,6 +10,7 @@ aggregates many durations (imsg profiling).  New kinds extend `StatKind`.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_left
 from dataclasses import dataclass
 
 # Profiling latency buckets (upper bounds, ns): 1µs … 1s by decades and halves.
@@ -74,17 +75,14 @@ class Histogram:
     buckets: list[int] | None = None
 
     def observe(self, ns: int) -> None:
+        # On the profiling hot path: bisect (C) rather than a Python loop.
         if self.buckets is None:
             self.buckets = [0] * (len(HISTOGRAM_BOUNDS_NS) + 1)
         self.count += 1
         self.total_ns += ns
         if ns > self.max_ns:
             self.max_ns = ns
-        for i, bound in enumerate(HISTOGRAM_BOUNDS_NS):
-            if ns <= bound:
-                self.buckets[i] += 1
-                return
-        self.buckets[-1] += 1
+        self.buckets[bisect_left(HISTOGRAM_BOUNDS_NS, ns)] += 1
 
     def merge(self, wire: tuple[int, ...]) -> None:
         other = Histogram.from_wire(wire)

@@ -29,7 +29,7 @@ class PersistentStat:
             "CREATE TABLE IF NOT EXISTS samples (ts INTEGER, key TEXT, value INTEGER)")
         self._db.execute("CREATE INDEX IF NOT EXISTS samples_key_ts ON samples (key, ts)")
         self._dirty: set[str] = set()
-        self._last_flush_ns = 0
+        self._last_flush_ns = -FLUSH_INTERVAL_NS  # the first batch is written at once
 
     def apply(self, updates: list[StatUpdate], now_ns: int) -> None:
         self._ram.apply(updates, now_ns)
