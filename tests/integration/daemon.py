@@ -30,7 +30,7 @@ def make_world_traversable(path: Path) -> None:
 
 class Daemon:
     def __init__(self, workdir: Path, config: str, *, args: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, nofile: int | None = None) -> None:
         self.workdir = workdir
         make_world_traversable(workdir)
         self.spool = workdir / "spool"
@@ -44,6 +44,7 @@ class Daemon:
         # Never let a test daemon query the machine's resolver: only loopback
         # traffic is allowed here.  Tests that need DNS run a stub and set this.
         self.env = {**os.environ, "PYSMTPD_RESOLVER": "127.0.0.1:9", **(env or {})}
+        self.nofile = nofile  # RLIMIT_NOFILE for the daemon and its children
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -57,11 +58,17 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smtpd", "-d", "-f", str(self.conf), *self.args],
             cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True)
+            stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True,
+            preexec_fn=self._limits if self.nofile else None)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         if wait_ready:
             self.wait_for(READY_LINE, timeout)
         return self
+
+    def _limits(self) -> None:
+        import resource
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
