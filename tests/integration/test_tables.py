@@ -27,9 +27,9 @@ def test_update_table_reloads_aliases(workdir: Path) -> None:
     try:
         with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as open_session:
             open_session.ehlo()
-            with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
-                with pytest.raises(smtplib.SMTPRecipientsRefused):
-                    s.sendmail("a@example.org", ["new@localhost"], b"Subject: 1\r\n\r\nx\r\n")
+            with (smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s,
+                  pytest.raises(smtplib.SMTPRecipientsRefused)):
+                s.sendmail("a@example.org", ["new@localhost"], b"Subject: 1\r\n\r\nx\r\n")
             aliases.write_text("old: root\nnew: root\n")
             out = d.smtpctl("update", "table", "aliases")
             assert (out.returncode, out.stdout.strip()) == (0, "command succeeded")
