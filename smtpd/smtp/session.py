@@ -128,15 +128,19 @@ class Session:
         finally:
             self._rollback()
             self.log.info("%s smtp disconnected reason=%s", self.sid, self.reason)
-            with contextlib.suppress(Exception):
+            try:
                 self.writer.close()
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
+            except Exception:
+                # close() waits for the write buffer to flush: a peer that
+                # does not read would keep the socket forever.
+                self.writer.transport.abort()
 
     async def _serve(self) -> None:
         while not self.proto.closed:
             event = self.proto.next_event()
             if event is NEED_DATA:
-                await self.writer.drain()
+                await self._drain()
                 data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
                 self.proto.receive_data(data)
                 continue
@@ -147,9 +151,9 @@ class Session:
             if reply is not None:
                 self._answer(event, reply)
             if isinstance(event, E.StartTls) and reply is R.STARTTLS_GO:
-                await self.writer.drain()
+                await self._drain()
                 await self._start_tls()
-        await self.writer.drain()
+        await self._drain()
 
     def _answer(self, event: E.Event, reply: Reply) -> None:
         failed = reply.code >= 400 and not isinstance(event, E.DataEnd)
@@ -160,6 +164,12 @@ class Session:
 
     def _write(self, data: bytes) -> None:
         self.writer.write(data)
+
+    async def _drain(self) -> None:
+        # A client that pipelines without ever reading our replies would park
+        # the session in drain() forever (RFC 5321 §4.5.3.2.7: the server
+        # times out); the idle timeout applies to writing as to reading.
+        await asyncio.wait_for(self.writer.drain(), IDLE_TIMEOUT)
 
     async def _start_tls(self) -> None:
         ctx = self.listener.ssl_context
