@@ -296,7 +296,12 @@ class QueueFront:
         raises QueueCorrupt from ``read`` when reached; use
         ``message_fd_for_delivery`` to have it checked in full first."""
         raw = self._get(Kind.MESSAGE, msgid)
-        return chunk_stream(self._decode(Kind.MESSAGE, msgid, iter_source(raw)), raw)
+        try:
+            plain = self._decode(Kind.MESSAGE, msgid, iter_source(raw))
+        except BaseException:
+            raw.close()
+            raise
+        return chunk_stream(plain, raw)
 
     def message_fd_for_delivery(self, msgid: int) -> int:
         """A read-only fd of the whole verified plaintext in an unlinked file.
