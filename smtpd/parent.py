@@ -172,11 +172,20 @@ class Parent(Node):
         assert frame.fd is not None
         self.runner.start_envelope(payload.envelope, frame.fd, self.config,
                                    self.config.hostname)
+        self.stats.increment("mda.envelope")
+        self._mda_gauges()
+
+    def _mda_gauges(self) -> None:
+        # upstream's mda.* keys: deliveries running now and waiting for a slot
+        self.stats.set("mda.running", self.runner.running)
+        self.stats.set("mda.pending", self.runner.waiting)
 
     def _on_delivery_result(self, evpid: int, status: str, text: str, detail: str) -> None:
         if not self.stopping.is_set():
             self.send(Proc.QUEUE, Msg.PARENT_DELIVERY_RESULT,
                       ParentDeliveryResult(evpid, status, text, detail))
+            self.stats.decrement("mda.envelope")
+            self.loop.call_soon(self._mda_gauges)
 
     def _on_ctl_stop(self, _payload: Any, _frame: Frame) -> None:
         self.log.info("info: stop requested through smtpctl")
