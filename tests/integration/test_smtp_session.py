@@ -14,6 +14,7 @@ import shutil
 import smtplib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -349,3 +350,58 @@ def test_pause_smtp_refuses_new_sessions_until_resumed(world: World) -> None:
     d.wait_for(r"smtp: resumed")
     with world.smtp() as s:
         assert s.noop() == (250, b"2.0.0 Ok")
+
+
+# -- extensions -------------------------------------------------------------------
+
+def test_dsn_parameters_reach_the_envelope(world: World) -> None:
+    """RFC 3461 §4: NOTIFY, ORCPT, RET and ENVID are kept per envelope."""
+    with world.smtp() as s:
+        assert s.mail("dsn@client.test", ["RET=HDRS", "ENVID=env+2Did"])[0] == 250
+        assert s.rcpt("root@localhost",
+                      ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;orig@client.test"])[0] == 250
+        msgid = accepted_msgid(s.data(b"Subject: dsn\r\n\r\nnotify me\r\n"))
+    (env,) = wait_envelopes(world.daemon, msgid)
+    assert set(env["dsn-notify"].split()) == {"success", "delay"}
+    assert env["dsn-orcpt"] == "orig@client.test"
+    assert env["dsn-ret"] == "HDRS"
+    assert env["dsn-envid"] == "env-id"
+
+
+def test_smtputf8_sender_needs_the_parameter(world: World) -> None:
+    sock = raw_connect(world.port)
+    try:
+        read_reply(sock)
+        sock.sendall(b"EHLO client.test\r\n")
+        read_reply(sock)
+        sock.sendall("MAIL FROM:<jösé@client.test>\r\n".encode())
+        assert read_reply(sock) == (553, ["5.6.7 Non-ASCII address requires SMTPUTF8"])
+        sock.sendall("MAIL FROM:<jösé@client.test> SMTPUTF8\r\n".encode())
+        assert read_reply(sock) == (250, ["2.0.0 Ok"])
+        sock.sendall(b"RCPT TO:<root@localhost>\r\nDATA\r\n")
+        assert [c for c, _ in read_replies(sock, 2)] == [250, 354]
+        sock.sendall("Subject: ünïcode\r\n\r\nhé\r\n.\r\n".encode())
+        code, lines = read_reply(sock)
+        assert code == 250, lines
+        msgid = lines[0].split()[1]
+    finally:
+        sock.close()
+    (env,) = wait_envelopes(world.daemon, msgid)
+    assert env["sender"] == "jösé@client.test"
+
+
+def test_parallel_sessions_each_get_their_own_message(world: World) -> None:
+    """Requests to queue and lookup are paired by reqid: 20 interleaved
+    sessions must each get their own msgid and envelope."""
+    def one(i: int) -> tuple[int, str]:
+        with world.smtp() as s:
+            s.mail(f"par{i}@client.test")
+            s.rcpt("root@localhost")
+            return i, accepted_msgid(s.data(f"Subject: {i}\r\n\r\nbody {i}\r\n".encode()))
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert len({msgid for _, msgid in results}) == 20
+    for i, msgid in results:
+        (env,) = wait_envelopes(world.daemon, msgid)
+        assert env["sender"] == f"par{i}@client.test"
