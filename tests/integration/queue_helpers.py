@@ -55,6 +55,17 @@ def show_queue(d: Daemon) -> list[QueueLine]:
     return [parse_queue_line(x) for x in out.stdout.splitlines() if x]
 
 
+# Logged once the queue is live and has emptied incoming/ (see
+# test_queue_startup.py: a message sent before that can be wiped).
+QUEUE_LIVE = "envelopes loaded from the spool"
+
+
+def start(d: Daemon) -> Daemon:
+    d.start()
+    d.wait_for(QUEUE_LIVE, 10)
+    return d
+
+
 def wait_until[T](what: str, probe: Callable[[], T | None], timeout: float = 10.0,
                step: float = 0.05) -> T:
     """Poll `probe` until it returns something truthy; fail with `what`."""

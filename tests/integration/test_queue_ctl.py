@@ -18,6 +18,7 @@ from tests.integration.queue_helpers import (
     read_mail,
     send,
     show_queue,
+    start,
     wait_mails,
     wait_until,
 )
@@ -28,7 +29,14 @@ ROOT = "root@localhost"
 @pytest.fixture
 def paused(workdir: Path) -> Iterator[Daemon]:
     """A daemon whose MDA is paused from the start (`-P mda`, as upstream)."""
-    d = Daemon(workdir, basic_config(workdir), args=("-P", "mda")).start()
+    d = start(Daemon(workdir, basic_config(workdir), args=("-P", "mda")))
+    yield d
+    d.kill_group()
+
+
+@pytest.fixture
+def running(workdir: Path) -> Iterator[Daemon]:
+    d = start(Daemon(workdir, basic_config(workdir)))
     yield d
     d.kill_group()
 
@@ -39,7 +47,8 @@ def _queued(d: Daemon, n: int) -> list[QueueLine]:
                       lambda: ((q,) if len(q := show_queue(d)) == n else None), 5)[0]
 
 
-def test_pause_mda_show_queue_resume(daemon: Daemon) -> None:
+def test_pause_mda_show_queue_resume(running: Daemon) -> None:
+    daemon = running
     ok = daemon.smtpctl("pause", "mda")
     assert (ok.returncode, ok.stdout) == (0, "command succeeded\n")
     again = daemon.smtpctl("pause", "mda")
