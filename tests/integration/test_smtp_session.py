@@ -405,3 +405,40 @@ def test_parallel_sessions_each_get_their_own_message(world: World) -> None:
     for i, msgid in results:
         (env,) = wait_envelopes(world.daemon, msgid)
         assert env["sender"] == f"par{i}@client.test"
+
+
+# -- exact error replies (COMPAT.md §2) --------------------------------------------
+
+@pytest.mark.parametrize(("setup", "line", "expected"), [
+    ([], b"EHLO", (501, ["5.5.1 Invalid command: EHLO requires domain name"])),
+    ([], b"VRFY root", (252, ["2.1.5 Cannot VRFY user, but will accept message and "
+                              "attempt delivery"])),
+    ([], b"EXPN staff", (502, ["5.5.1 Invalid command: Command not implemented"])),
+    ([], b"NOOP " + b"x" * 600, (500, ["5.0.0 Command line too long"])),
+    ([], b"MAIL FROM:<" + b"a" * 300 + b"@client.test>",
+     (553, ["5.1.0 Sender address syntax error"])),
+    ([b"MAIL FROM:<a@client.test>"], b"RCPT TO:<root@localhost> FOO=bar",
+     (503, ["Unsupported option FOO=bar"])),
+    ([b"MAIL FROM:<a@client.test>"], b"DATA",
+     (503, ["5.5.4 Invalid command arguments: No recipient specified"])),
+    ([b"MAIL FROM:<a@client.test>"], b"MAIL FROM:<b@client.test>",
+     (503, ["5.5.1 Invalid command: Command not allowed at this point."])),
+    ([], b"STARTTLS", (503, ["5.5.1 Invalid command: Command not supported"])),
+    ([], b"AUTH PLAIN", (503, ["5.5.1 Invalid command: Command not supported"])),
+])
+def test_exact_replies(world: World, setup: list[bytes], line: bytes,
+                       expected: tuple[int, list[str]]) -> None:
+    sock = raw_connect(world.port)
+    try:
+        read_reply(sock)
+        sock.sendall(b"EHLO client.test\r\n")
+        read_reply(sock)
+        for cmd in setup:
+            sock.sendall(cmd + b"\r\n")
+            assert read_reply(sock)[0] == 250
+        sock.sendall(line + b"\r\n")
+        assert read_reply(sock) == expected
+        sock.sendall(b"NOOP\r\n")  # the session goes on
+        assert read_reply(sock) == (250, ["2.0.0 Ok"])
+    finally:
+        sock.close()
