@@ -6,6 +6,7 @@ keywords of a plain listener (COMPAT.md §2)."""
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import smtplib
 import ssl
@@ -20,6 +21,7 @@ from tests.integration.conftest import free_port
 from tests.integration.daemon import Daemon, temp_workdir
 from tests.integration.smtp_helpers import (
     ehlo_keywords,
+    message_dir,
     pause_mda,
     raw_connect,
     read_reply,
@@ -250,10 +252,19 @@ def test_relay_only_when_authenticated(world: TlsWorld) -> None:
             250, b"2.1.5 Destination address valid: Recipient ok")
         code, text = s.data(b"Subject: out\r\n\r\nrelayed\r\n")
         assert code == 250
-    envs = wait_envelopes(world.daemon, text.split()[1].decode())
+    msgid = text.split()[1].decode()
+    envs = wait_envelopes(world.daemon, msgid)
     assert len(envs) == 1
     assert envs[0]["type"] == "mta" and envs[0]["dispatcher"] == "out"
     assert envs[0]["rcpt"] == "bob@remote.example"
+    # RFC 5321 §4.4 trace header, upstream's layout: TLS details, ESMTPSA
+    stored = (message_dir(world.daemon.spool, msgid) / "message").read_text()
+    lines = stored.split("\n")
+    assert lines[0].startswith("Received: from client.test (")
+    assert lines[0].endswith(" [127.0.0.1])")
+    assert re.fullmatch(r"\t\(TLSv1\.[23]:[A-Z0-9_-]+:\d+:NO\)", lines[1]), lines[1]
+    assert lines[2] == f"\tby localhost (pysmtpd) with ESMTPSA id {msgid}"
+    assert lines[3] == "\tfor <bob@remote.example>;"
 
 
 def test_failed_auth_logged_with_secret_masked(world: TlsWorld) -> None:
