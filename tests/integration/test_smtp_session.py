@@ -12,6 +12,7 @@ from __future__ import annotations
 import pwd
 import shutil
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ table aliases { "postmaster" = "root", "staff" = "root, alias-loop", "alias-loop
 table vusers { "alice@virt.test" = "vmail", "sales@virt.test" = "alice@virt.test" }
 table vbase { "vmail" = "%(uid)d:%(gid)d:%(vhome)s" }
 listen on 127.0.0.1 port %(port)d
+listen on ::1 port %(port6)d
 action "local" maildir "%(mail)s/%%{user.username}" alias <aliases>
 action "virt" maildir "%(mail)s/virt/%%{user.username}" virtual <vusers> userbase <vbase>
 action "out" relay
@@ -51,6 +53,7 @@ match from src 192.0.2.0/24 for any action "out"
 class World:
     daemon: Daemon
     port: int
+    port6: int
 
     def smtp(self) -> smtplib.SMTP:
         s = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
@@ -58,18 +61,24 @@ class World:
         return s
 
 
+def free_port6() -> int:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     work = temp_workdir()
     nobody = pwd.getpwnam("nobody")
-    port = free_port()
-    config = CONFIG % {"port": port, "mail": work / "mail", "uid": nobody.pw_uid,
+    port, port6 = free_port(), free_port6()
+    config = CONFIG % {"port": port, "port6": port6, "mail": work / "mail", "uid": nobody.pw_uid,
                        "gid": nobody.pw_gid, "vhome": work / "vhome"}
     daemon = Daemon(work, config, args=("-P", "mda"))
     try:
         daemon.start()
         pause_mda(daemon)
-        yield World(daemon, port)
+        yield World(daemon, port, port6)
     finally:
         daemon.kill_group()
         shutil.rmtree(work, ignore_errors=True)
@@ -442,3 +451,19 @@ def test_exact_replies(world: World, setup: list[bytes], line: bytes,
         assert read_reply(sock) == (250, ["2.0.0 Ok"])
     finally:
         sock.close()
+
+
+def test_ipv6_session_logged_with_bracketed_address(world: World) -> None:
+    with smtplib.SMTP("::1", world.port6, timeout=10) as s:
+        code, text = s.ehlo("client6.test")
+        assert code == 250 and b" Hello client6.test [" in text
+        s.mail("six@client.test")
+        s.rcpt("root@localhost")
+        msgid = accepted_msgid(s.data(b"Subject: v6\r\n\r\nover IPv6\r\n"))
+        assert s.sock is not None
+        port = s.sock.getsockname()[1]
+    line = world.daemon.wait_for(rf"smtp connected address=\[::1\]:{port} ")
+    sid = line.split()[0]
+    world.daemon.wait_for(rf"^{sid} smtp message msgid={msgid} ")
+    (env,) = wait_envelopes(world.daemon, msgid)
+    assert "::1" in env["sockaddr"]
