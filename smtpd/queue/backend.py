@@ -53,16 +53,8 @@ class QueueBackend(Protocol):
     ) -> Iterator[int]: ...
 
 
-def _fs(spool: Path) -> QueueBackend:
-    return FsBackend(spool)
-
-
-def _ram(spool: Path) -> QueueBackend:
-    return RamBackend()
-
-
-# ``queue backend NAME`` -> factory taking the spool path.
-BACKENDS: dict[str, Callable[[Path], QueueBackend]] = {"fs": _fs, "ram": _ram}
+# ``queue backend NAME`` -> class; each is constructed with the spool path.
+BACKENDS: dict[str, Callable[[Path], QueueBackend]] = {"fs": FsBackend, "ram": RamBackend}
 
 
 def make_backend(name: str, spool: Path) -> QueueBackend:

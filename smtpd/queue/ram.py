@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
@@ -12,7 +13,8 @@ from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
 class RamBackend:
     name = "ram"
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        """``root`` is accepted for the registry's uniform call and ignored."""
         self._blobs: dict[tuple[Kind, int], bytes] = {}
 
     def put(self, kind: Kind, oid: int, data: BlobSource) -> int:

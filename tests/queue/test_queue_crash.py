@@ -82,10 +82,10 @@ def test_sigkill_during_commits(tmp_path: Path, acks: int, pause: float, key: st
     extra = set(by_msg) - {int(m, 16) for m, _, _ in acked}
     assert len(extra) <= 1
     for msgid in extra:
-        n = int(acked[-1][1]) + 1
-        assert by_msg[msgid] == 1 + n % 4, "a half-committed message was walked"
+        nxt = int(acked[-1][1]) + 1
+        assert by_msg[msgid] == 1 + nxt % 4, "a half-committed message was walked"
         with front.message_open(msgid) as f:
-            assert f.read().startswith(b"Received: x\n\nmessage %d\n" % n)
+            assert f.read().startswith(b"Received: x\n\nmessage %d\n" % nxt)
     assert list(os.scandir(spool / "incoming")) == []
     assert list(os.scandir(spool / "temporary")) == []
     assert list(front.backend.list(Kind.CORRUPT_MESSAGE)) == []
