@@ -37,12 +37,12 @@ from smtpd.msg import (
 )
 from smtpd.node import Node
 from smtpd.options import Options
+from smtpd.proc import FDS_ENV, QUEUE_KEY_FD_ENV
 
 # Order of an orderly stop: stop taking work first, keep the queue for last.
 STOP_ORDER = (Proc.CONTROL, Proc.SMTP, Proc.LOOKUP, Proc.SCHEDULER, Proc.QUEUE)
 STOP_GRACE = 1.5
 LISTEN_BACKLOG = 128
-FDS_ENV = "PYSMTPD_FDS"
 
 
 @dataclass
@@ -89,8 +89,9 @@ class Parent(Node):
         prepare_spool(self.config.queue_path,
                       (smtpq_id.uid, smtpq_id.gid) if root else None)
         if root:
-            os.makedirs(empty_dir(self.config.queue_path), mode=0o755, exist_ok=True)
-            os.chmod(empty_dir(self.config.queue_path), 0o755)
+            os.makedirs(privsep.empty_dir(self.config.queue_path), mode=0o755, exist_ok=True)
+            os.chmod(privsep.empty_dir(self.config.queue_path), 0o755)
+        self.queue_key = read_queue_key(self.config)
         self.control_sock = bind_control_socket(self.config.control_socket)
         for listener in self.config.listeners:
             for sock in bind_listener(listener):
@@ -113,9 +114,20 @@ class Parent(Node):
                     fds[str(other)] = mine.fileno()
             env = dict(os.environ)
             env[FDS_ENV] = ",".join(f"{k}={v}" for k, v in fds.items())
+            extra: list[int] = []
+            if proc is Proc.QUEUE and self.queue_key is not None:
+                # The key asked for at start reaches the queue through a pipe:
+                # never in argv or the environment, where ps could show it.
+                rfd, wfd = os.pipe()
+                os.write(wfd, self.queue_key.encode())
+                os.close(wfd)
+                env[QUEUE_KEY_FD_ENV] = str(rfd)
+                extra.append(rfd)
             argv = [sys.executable, "-m", "smtpd", "-x", str(proc), *self.options.child_argv()]
-            popen = subprocess.Popen(argv, pass_fds=list(fds.values()), env=env,
+            popen = subprocess.Popen(argv, pass_fds=[*fds.values(), *extra], env=env,
                                      stdin=subprocess.DEVNULL)
+            for fd in extra:
+                os.close(fd)
             self.children[proc] = Child(proc, popen)
         for key, (s1, s2) in pairs.items():
             if Proc.PARENT in key:
@@ -244,8 +256,20 @@ class Parent(Node):
         self.log.info("info: exiting")
 
 
-def empty_dir(queue_path: str) -> str:
-    return os.path.join(queue_path, "empty")
+def read_queue_key(config: Config) -> str | None:
+    """`queue encryption` without a key: ask for it (a terminal) or read one
+    line of stdin (`queue encryption stdin`), as upstream does."""
+    q = config.queue
+    if not q.encryption or q.encryption_key not in (None, "stdin"):
+        return None
+    if q.encryption_key is None and sys.stdin.isatty():
+        import getpass
+        key = getpass.getpass("queue key: ")
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        raise ParentError("queue encryption: no key given")
+    return key
 
 
 def prepare_spool(path: str, owner: tuple[int, int] | None) -> None:

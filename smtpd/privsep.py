@@ -22,6 +22,12 @@ class Identity:
     gid: int
 
 
+def empty_dir(queue_path: str) -> str:
+    """Where processes that need no files are chrooted: an empty directory in
+    the spool (upstream uses /var/empty)."""
+    return os.path.join(queue_path, "empty")
+
+
 class PrivsepError(Exception):
     pass
 

@@ -22,6 +22,9 @@ from smtpd.node import Node
 from smtpd.options import Options
 
 FDS_ENV = "PYSMTPD_FDS"
+# The queue's encryption key when the parent asked for it (a pipe fd, never the key).
+QUEUE_KEY_FD_ENV = "PYSMTPD_QUEUE_KEY_FD"
+BOOT_FAILURE = 3
 # Test hook for the start-up race test: "queue=1.5" delays that child's start.
 START_DELAY_ENV = "PYSMTPD_TEST_START_DELAY"
 
@@ -48,8 +51,7 @@ class Child(Node):
     def chroot_dir(self) -> str | None:
         if not self.chrooted:
             return None
-        from smtpd.parent import empty_dir
-        return empty_dir(self.config.queue_path)
+        return privsep.empty_dir(self.config.queue_path)
 
     def peer_closed(self, peer: Proc, exc: Exception | None) -> None:
         if self.stopping.is_set():
@@ -131,10 +133,18 @@ def run_child(options: Options, config: Any) -> int:
         sock = socket.socket(fileno=int(fd))
         sock.setblocking(False)
         node.attach(Proc(peer), sock)
-    node.build_privileged()
-    if privsep.is_root():
-        privsep.drop(privsep.lookup_user(node.user), node.chroot_dir())
-    node.build()
+    try:
+        node.build_privileged()
+        if privsep.is_root():
+            privsep.drop(privsep.lookup_user(node.user), node.chroot_dir())
+        node.build()
+    except Exception as exc:
+        # gunicorn's rule: a child that cannot boot says why and exits with a
+        # distinct status; the parent then stops everyone (never respawns).
+        from smtpd import log
+        log.get().critical("%s: cannot start: %s", name, exc)
+        log.get().debug("%s", traceback.format_exc())
+        return BOOT_FAILURE
     loop.add_signal_handler(signal.SIGTERM, node.terminate)
     loop.add_signal_handler(signal.SIGINT, node.terminate)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

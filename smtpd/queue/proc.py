@@ -41,7 +41,7 @@ from smtpd.msg import (
     Request,
     RequestFailed,
 )
-from smtpd.proc import Child
+from smtpd.proc import QUEUE_KEY_FD_ENV, Child
 from smtpd.queue.backend import make_backend
 from smtpd.queue.envelope import (
     DeliveryType,
@@ -90,10 +90,17 @@ class QueueProcess(Child):
         path: str = self.config.queue_path
         return path  # upstream: the queue is chrooted in its spool
 
+    def build_privileged(self) -> None:
+        self.key_from_parent: str | None = None
+        fd = os.environ.pop(QUEUE_KEY_FD_ENV, None)
+        if fd is not None:
+            with os.fdopen(int(fd), "rb") as pipe:
+                self.key_from_parent = pipe.read().decode()
+
     def build(self) -> None:
         spool = Path("/" if self.privileged else self.config.queue_path)
         qopts = self.config.queue
-        key = qopts.encryption_key if qopts.encryption else None
+        key = (self.key_from_parent or qopts.encryption_key) if qopts.encryption else None
         self.front = QueueFront(make_backend("fs", spool), spool=spool,
                                 compression=qopts.compression, encryption_key=key)
         self.spool = spool
