@@ -107,7 +107,7 @@ def test_tampered_file_is_set_aside(workdir: Path, target: str) -> None:
     send(d)
     send(d)
     d.stop()
-    victim = [f for f in spool_files(d) if (f.name == "message") == (target == "message")][0]
+    victim = next(f for f in spool_files(d) if (f.name == "message") == (target == "message"))
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x40
     victim.write_bytes(bytes(data))
