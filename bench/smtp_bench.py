@@ -84,16 +84,19 @@ async def expect(reader: asyncio.StreamReader, code: int) -> None:
 @dataclass
 class Results:
     latencies: list[float] = field(default_factory=list)  # seconds per accepted message
+    setups: list[float] = field(default_factory=list)  # connect to the EHLO reply
     failures: list[str] = field(default_factory=list)
 
 
 async def session(host: str, port: int, rcpt: str, messages: list[bytes],
                   results: Results) -> None:
+    t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection(host, port)
     try:
         await expect(reader, 220)
         writer.write(b"EHLO bench.client.test\r\n")
         await expect(reader, 250)
+        results.setups.append(time.perf_counter() - t0)
         for msg in messages:
             t0 = time.perf_counter()
             writer.write(f"MAIL FROM:<bench@client.test> SIZE={len(msg)}\r\n"
@@ -297,9 +300,12 @@ def main(argv: list[str] | None = None) -> int:
                                                  ns.size, ns.per_session))
             lat = sorted(results.latencies)
             ms = [1000 * percentile(lat, q) for q in (0.5, 0.9, 0.99)]
+            setup = sorted(results.setups)
+            setup_ms = [1000 * percentile(setup, q) for q in (0.5, 0.99)]
             print(f"c={c:<3} n={ns.messages} size={ns.size} per-session={ns.per_session}: "
                   f"accepted {len(lat)} in {wall:.2f} s = {len(lat) / wall:.1f} msg/s; "
-                  f"latency ms p50={ms[0]:.1f} p90={ms[1]:.1f} p99={ms[2]:.1f}"
+                  f"latency ms p50={ms[0]:.1f} p90={ms[1]:.1f} p99={ms[2]:.1f}; "
+                  f"connect+EHLO ms p50={setup_ms[0]:.1f} p99={setup_ms[1]:.1f}"
                   + (f"; failures {len(results.failures)}: {results.failures[0]}"
                      if results.failures else ""))
             if daemon:
