@@ -336,8 +336,8 @@ class ControlProcess(Child):
         def with_states(status: int, state_lines: list[str]) -> None:
             states = {}
             for line in state_lines:
-                evpid, runstate, when = line.split("|")
-                states[evpid] = (runstate, int(when))
+                evpid, runstate, when, status_words = line.split("|")
+                states[evpid] = (runstate, int(when), status_words)
 
             def merged(status: int, lines: list[str]) -> None:
                 now = int(time.time())
@@ -346,12 +346,12 @@ class ControlProcess(Child):
                     fields = line.split("|", 13)
                     state = states.get(fields[0])
                     if state is not None and len(fields) == 14:
-                        runstate, when = state
+                        # smtpctl.c show_queue_envelope(): "pending|<nexttry - now>",
+                        # "inflight|<now - since>", scheduler flags after the queue's
+                        runstate, when, status_words = state
                         fields[11] = runstate
-                        fields[12] = str(when - now) if runstate == "pending" and when > now \
-                            else "-1"
-                        if runstate == "suspend":
-                            fields[3] = ",".join(filter(None, [fields[3], "suspend"]))
+                        fields[12] = str(when - now if runstate == "pending" else now - when)
+                        fields[3] = ",".join(filter(None, [fields[3], status_words]))
                     out.append("|".join(fields))
                 client.reply(out, status=status, stderr=status != 0)
             self._ask(Proc.QUEUE, "list", [], client, merged)

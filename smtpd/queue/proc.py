@@ -110,6 +110,9 @@ class QueueProcess(Child):
         # reqid -> (bounce msgid, failed envelope, kind, delete it once bounced)
         self.bounce_pending: dict[int, tuple[int, Envelope, DsnKind, bool]] = {}
         self.loader: Iterator[Envelope] | None = None
+        # Crash recovery before READY: once smtp may talk to us, incoming/
+        # holds only transactions of this run (recovering later would wipe them).
+        self.front.recover()
         h = self.handle
         h(Proc.SMTP, Msg.SMTP_MESSAGE_CREATE, self._on_create)
         h(Proc.SMTP, Msg.SMTP_MESSAGE_OPEN, self._on_open)
@@ -126,7 +129,6 @@ class QueueProcess(Child):
     # -- start-up: recover, then feed the scheduler incrementally ------------------
 
     def on_live(self) -> None:
-        self.front.recover()
         self.loader = self.front.walk()
         self.loaded = 0
         self.loop.call_soon(self._load_step)

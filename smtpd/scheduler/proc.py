@@ -176,12 +176,12 @@ class SchedulerProcess(Child):
         self._kick()
 
     def _list(self, reqid: int) -> None:
-        """Every envelope's run state as "evpid|runstate|time", in chunks."""
+        """Every envelope's run state as "evpid|runstate|time|status", in chunks."""
         cursor = 0
         lines: list[str] = []
         while msgids := self.sched.messages(cursor, LIST_CHUNK):
             for msgid in msgids:
-                lines += [f"{s.evpid:016x}|{s.runstate}|{s.time}"
+                lines += [f"{s.evpid:016x}|{s.runstate}|{s.time}|{','.join(s.status)}"
                           for s in self.sched.envelopes(msgid << 32, 1 << 32)]
                 if len(lines) >= LIST_CHUNK:
                     self._reply(reqid, 0, lines, done=False)

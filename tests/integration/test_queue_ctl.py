@@ -145,9 +145,6 @@ def test_schedule_and_pause_envelope(paused: Daemon) -> None:
     wait_until("an empty queue", lambda: show_queue(d) == [] or None, 5)
 
 
-@pytest.mark.xfail(strict=True, reason="scheduler/proc.py _list() sends only runstate "
-                   "(pending|inflight), never EnvelopeState.status; control/proc.py "
-                   "cmd_show_queue waits for runstate == 'suspend', which never comes")
 def test_paused_envelope_shows_suspend(paused: Daemon) -> None:
     d = paused
     a = send(d.port, ROOT, [ROOT], "Subject: a\n\nx\n")

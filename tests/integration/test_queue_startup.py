@@ -6,16 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.integration.conftest import basic_config
 from tests.integration.daemon import Daemon
 from tests.integration.queue_helpers import read_mail, send, wait_mails
 
 
-@pytest.mark.xfail(strict=True, reason="node._go_live() dispatches held SMTP_MESSAGE_CREATE "
-                   "before QueueProcess.on_live() runs front.recover(), which empties "
-                   "incoming/ under the live transaction: DATA gets 451")
 def test_first_message_while_queue_not_live(workdir: Path) -> None:
     # The scheduler starts 1.5 s late: the queue has announced READY (smtp
     # accepts and sends SMTP_MESSAGE_CREATE) but is not live yet, so the
