@@ -161,11 +161,10 @@ class Envelope:
                 check_evpid(self.evpid)
             except IdError as exc:
                 raise EnvelopeError(str(exc)) from None
-        for f in fields(self):
-            value = getattr(self, f.name)
-            plain_int = isinstance(value, int) and not isinstance(value, enum.Enum | bool)
-            if plain_int and f.name != "evpid" and not 0 <= value <= _INT_MAX:
-                raise EnvelopeError(f"{f.name} out of range: {value}")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if not 0 <= value <= _INT_MAX:
+                raise EnvelopeError(f"{name} out of range: {value}")
         if DsnNotify.NEVER in self.dsn_notify and self.dsn_notify != DsnNotify.NEVER:
             # RFC 3461 §4.1: NEVER must appear alone.
             raise EnvelopeError("dsn-notify: never cannot be combined")
@@ -180,21 +179,30 @@ class Envelope:
         return self.ctime + self.ttl
 
 
+_INT_FIELDS = tuple(
+    f.name for f in fields(Envelope) if f.type in ("int", int) and f.name != "evpid"
+)
+
 # --- value escaping -------------------------------------------------------
 
 _NAMED_ESCAPES = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", "\0": "\\0", "\t": "\\t"}
 _UNESCAPES = {"\\": "\\", "r": "\r", "n": "\n", "0": "\0", "t": "\t"}
 
 
+# C0, DEL, C1 and the Unicode line/paragraph separators: anything a reader
+# might take as a line break (str.splitlines does for \x85 and \u2028).
+_CONTROL = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_ESCAPE_RE = re.compile(f"[{_CONTROL}\\\\]")
+# The same minus LF, the line separator, to check a whole envelope at once.
+_RAW_CONTROL_RE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _needs_escape(ch: str) -> bool:
-    o = ord(ch)
-    # C0, DEL, C1 and the Unicode line/paragraph separators: anything a reader
-    # might take as a line break (str.splitlines does for \x85 and \u2028).
-    return o < 0x20 or 0x7F <= o <= 0x9F or ch in "\u2028\u2029\\"
+    return _ESCAPE_RE.match(ch) is not None
 
 
 def escape_value(value: str) -> str:
-    if not any(_needs_escape(c) for c in value):
+    if _ESCAPE_RE.search(value) is None:
         return value
     out = []
     for ch in value:
@@ -369,10 +377,12 @@ def load_envelope(data: bytes, *, evpid: int | None = None) -> Envelope:
         if lines[0].startswith("version:"):
             raise EnvelopeError(f"unsupported envelope {lines[0]!r}")
         raise EnvelopeError("the first line must be 'version: 1'")
+    bad = _RAW_CONTROL_RE.search(text)
+    if bad is not None:
+        number = text.count("\n", 0, bad.start()) + 1
+        raise EnvelopeError(f"line {number}: raw control character")
     seen: dict[str, str] = {}
     for number, line in enumerate(lines[1:], start=2):
-        if any(_needs_escape(c) and c != "\\" for c in line):
-            raise EnvelopeError(f"line {number}: raw control character")
         key, sep, rest = line.partition(":")
         if not sep or not _KEY_RE.fullmatch(key):
             raise EnvelopeError(f"line {number}: not a 'key: value' line")
