@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import os
 import socket
 from collections.abc import Iterator
 
@@ -52,17 +54,49 @@ class ControlClient:
         self.sock.sendall(encode_frame(Frame(int(msg), data)))
 
     def _next(self) -> tuple[Msg, object]:
+        msg, payload, fd = self._next_frame()
+        if fd is not None:
+            os.close(fd)
+            raise ControlError("smtpctl: unexpected file descriptor from the daemon")
+        return msg, payload
+
+    def _next_frame(self) -> tuple[Msg, object, int | None]:
         while not self.pending:
-            data = self.sock.recv(65536)
+            data, ancdata, flags, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
+            if flags & socket.MSG_CTRUNC:
+                raise ControlError("smtpctl: truncated control message from the daemon")
+            fds: list[int] = []
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(cdata) - len(cdata) % 4
+                    fds += list(array.array("i", cdata[:usable]))
             if not data:
                 raise ControlError("smtpctl: the daemon closed the connection")
-            self.pending += self.reader.feed(data)
+            self.pending += self.reader.feed(data, fds)
         frame = self.pending.pop(0)
         try:
             msg = check_route(frame.type, Proc.CONTROL, Proc.CLIENT)
-            return msg, decode(msg, frame.data)
+            return msg, decode(msg, frame.data), frame.fd
         except MsgError as exc:
             raise ControlError(f"smtpctl: bad answer from the daemon: {exc}") from None
+
+    def enqueue(self) -> socket.socket:
+        """A connected socket to an SMTP session for local submission."""
+        self._send(Msg.CLIENT_COMMAND, encode(ClientCommand(["enqueue"])))
+        sock: socket.socket | None = None
+        while True:
+            msg, payload, fd = self._next_frame()
+            if msg is Msg.CTL_CLIENT_FD and fd is not None and sock is None:
+                sock = socket.socket(fileno=fd)
+            elif fd is not None:
+                os.close(fd)
+            if isinstance(payload, ClientLines) and payload.stderr:
+                raise ControlError("\n".join(payload.lines))
+            if isinstance(payload, ClientDone):
+                break
+        if sock is None:
+            raise ControlError("smtpctl: the daemon did not open a session")
+        return sock
 
     def command(self, words: list[str]) -> Iterator[tuple[bool, str] | int]:
         """Yields (is_stderr, line) for each output line, then the exit status."""

@@ -53,6 +53,7 @@ class CommandSpec:
     words: tuple[str | Arg, ...]
     name: str
     mutates: bool  # needs root or the daemon's own uid (SO_PEERCRED)
+    hidden: bool = False  # plumbing for sendmail(8), not shown in the usage
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class Command:
 
 
 GRAMMAR: tuple[CommandSpec, ...] = (
+    CommandSpec(("enqueue",), "enqueue", False, hidden=True),
     CommandSpec(("log", "brief"), "log_brief", True),
     CommandSpec(("log", "verbose"), "log_verbose", True),
     CommandSpec(("monitor",), "monitor", False),
@@ -93,6 +95,8 @@ class GrammarError(Exception):
 def usage() -> str:
     lines = ["usage: smtpctl [-s socket] command [argument ...]", "commands:"]
     for spec in GRAMMAR:
+        if spec.hidden:
+            continue
         lines.append("    " + " ".join(w.value if isinstance(w, Arg) else w
                                        for w in spec.words))
     lines.append(f"subsystems: {', '.join(TRACE_NAMES)}")

@@ -88,12 +88,15 @@ class Msg(enum.IntEnum):
     CTL_SMTP_PAUSE = 74
     CTL_LOOKUP_REQUEST = 75
     LOOKUP_CTL_REPLY = 76
+    CTL_SMTP_ENQUEUE = 77       # a local submission: smtp opens a session ...
+    SMTP_CTL_ENQUEUE_FD = 78    # ... and hands one end of a socketpair back
     # smtpctl client <-> control (untrusted peer)
     CLIENT_HELLO = 100
     CLIENT_COMMAND = 101
     CTL_CLIENT_HELLO = 110
     CTL_CLIENT_LINES = 111
     CTL_CLIENT_DONE = 112
+    CTL_CLIENT_FD = 113         # the local SMTP session's socket, to smtpctl/sendmail
 
 
 # -- payloads ---------------------------------------------------------------
@@ -315,6 +318,12 @@ class PauseSet:
 
 
 @dataclass(frozen=True, slots=True)
+class EnqueueRequest:
+    reqid: int
+    uid: int              # the local user submitting (SO_PEERCRED)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     senders: frozenset[Proc]
     receivers: frozenset[Proc]
@@ -370,6 +379,8 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.QUEUE_CTL_REPLY: Route(_Q, _C, CtlReply),
     Msg.CTL_SMTP_PAUSE: Route(_C, _S, PauseSet),
     Msg.CTL_LOOKUP_REQUEST: Route(_C, _L, CtlRequest),
+    Msg.CTL_SMTP_ENQUEUE: Route(_C, _S, EnqueueRequest),
+    Msg.SMTP_CTL_ENQUEUE_FD: Route(_S, _C, Request),
     Msg.LOOKUP_CTL_REPLY: Route(_L, _C, CtlReply),
     Msg.CLIENT_HELLO: Route(frozenset({Proc.CLIENT}), frozenset({Proc.CONTROL}), ClientHello),
     Msg.CLIENT_COMMAND: Route(
@@ -379,11 +390,13 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.CTL_CLIENT_LINES: Route(
         frozenset({Proc.CONTROL}), frozenset({Proc.CLIENT}), ClientLines),
     Msg.CTL_CLIENT_DONE: Route(frozenset({Proc.CONTROL}), frozenset({Proc.CLIENT}), ClientDone),
+    Msg.CTL_CLIENT_FD: Route(frozenset({Proc.CONTROL}), frozenset({Proc.CLIENT}), Empty),
 }
 
 # Messages whose frame must carry a file descriptor.
 WITH_FD: Final = frozenset({Msg.PARENT_LISTENER_SEND, Msg.PARENT_CONTROL_SOCKET_SEND,
-                            Msg.QUEUE_MESSAGE_FD, Msg.QUEUE_DELIVERY_START})
+                            Msg.QUEUE_MESSAGE_FD, Msg.QUEUE_DELIVERY_START,
+                            Msg.SMTP_CTL_ENQUEUE_FD, Msg.CTL_CLIENT_FD})
 
 
 def _routes_fingerprint() -> int:

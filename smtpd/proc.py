@@ -9,6 +9,7 @@ drops privileges, announces READY, and goes live when its needed peers have.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import signal
 import socket
@@ -107,6 +108,13 @@ def _fatal_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     os._exit(1)
 
 
+# Modules the stdlib imports lazily.  After the privilege drop (and chroot) the
+# interpreter's own files may be unreadable, so a first use there would fail:
+# import them while we still can.
+PRELOAD = ("concurrent.futures.thread", "encodings.idna", "encodings.punycode",
+           "resource", "email.utils", "email.message", "email.policy", "getpass")
+
+
 def run_child(options: Options, config: Any) -> int:
     name = options.proc
     assert name is not None
@@ -133,6 +141,8 @@ def run_child(options: Options, config: Any) -> int:
         sock = socket.socket(fileno=int(fd))
         sock.setblocking(False)
         node.attach(Proc(peer), sock)
+    for module in PRELOAD:
+        importlib.import_module(module)
     try:
         node.build_privileged()
         if privsep.is_root():

@@ -29,11 +29,13 @@ from smtpd.msg import (
     CtlReply,
     CtlRequest,
     Empty,
+    EnqueueRequest,
     LogVerbose,
     Msg,
     MsgError,
     PauseSet,
     Proc,
+    Request,
     StatUpdates,
     TraceSet,
     check_route,
@@ -138,6 +140,8 @@ class ControlProcess(Child):
         self.handle(Proc.SCHEDULER, Msg.SCHEDULER_CTL_REPLY, self._on_ctl_reply)
         self.handle(Proc.QUEUE, Msg.QUEUE_CTL_REPLY, self._on_ctl_reply)
         self.handle(Proc.LOOKUP, Msg.LOOKUP_CTL_REPLY, self._on_ctl_reply)
+        self.handle(Proc.SMTP, Msg.SMTP_CTL_ENQUEUE_FD, self._on_enqueue_fd)
+        self.enqueues: dict[int, ClientSession] = {}
         # reqid -> what to do with the lines of the answer once done
         self.requests: dict[int, PendingRequest] = {}
         self.next_reqid = 1
@@ -327,6 +331,23 @@ class ControlProcess(Child):
 
     def cmd_show_message(self, client: ClientSession, ident: str) -> None:
         self._relay(client, Proc.QUEUE, "message", ident)
+
+    def cmd_enqueue(self, client: ClientSession) -> None:
+        """Local submission (sendmail, mail(1)): smtp opens a session for this
+        user and its socket is handed to the client, as upstream's enqueuer."""
+        reqid = self.next_reqid
+        self.next_reqid += 1
+        self.enqueues[reqid] = client
+        self.send(Proc.SMTP, Msg.CTL_SMTP_ENQUEUE, EnqueueRequest(reqid, client.uid))
+
+    def _on_enqueue_fd(self, payload: Request, frame: Frame) -> None:
+        assert frame.fd is not None
+        client = self.enqueues.pop(payload.reqid, None)
+        if client is None or client not in self.clients:
+            os.close(frame.fd)
+            return
+        client.channel.send(int(Msg.CTL_CLIENT_FD), encode(Empty()), fd=frame.fd)
+        client.reply([])
 
     def cmd_update_table(self, client: ClientSession, name: str) -> None:
         self._relay(client, Proc.LOOKUP, "update-table", name)

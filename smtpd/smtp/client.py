@@ -303,6 +303,13 @@ class ClientProtocol:
                 return HeloDone(reply)
             case Command.STARTTLS:
                 if reply.code == 220:
+                    if self._replies or self._pending:
+                        # Replies sent before the handshake would be taken
+                        # as protected ones: the STARTTLS response injection
+                        # class (CVE-2011-0411 turned around, RFC 3207 §4.2).
+                        self._fail(ProtocolError("data after the STARTTLS reply"))
+                        assert self._dead is not None
+                        return self._dead
                     self.state = State.TLS
                 return StartTlsReply(reply)
             case Command.AUTH:
@@ -357,6 +364,7 @@ class ClientProtocol:
             raise ClientUsageError("no STARTTLS accepted")
         self.state = State.OPEN
         self.extensions = {}
+        self._parser = ReplyParser()
 
     def auth_plain(self, user: str, password: str) -> bytes:
         """AUTH PLAIN with the initial response (RFC 4954 §4, RFC 4616)."""

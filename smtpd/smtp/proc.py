@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import pwd
 import resource
 import socket
 import ssl
@@ -21,6 +22,7 @@ from smtpd.config.model import AuthMode, Listener, TlsMode
 from smtpd.msg import (
     AuthCheck,
     AuthResult,
+    EnqueueRequest,
     HostLookup,
     HostResult,
     ListenerSend,
@@ -93,6 +95,7 @@ class SmtpProcess(Child):
         self.handle(Proc.LOOKUP, Msg.LOOKUP_AUTH_RESULT, self._resolve)
         self.handle(Proc.LOOKUP, Msg.LOOKUP_HOST_RESULT, self._resolve)
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_PAUSE, self._on_pause)
+        self.handle(Proc.CONTROL, Msg.CTL_SMTP_ENQUEUE, self._on_enqueue)
 
     def runtime_for(self, listener: Listener) -> ListenerRuntime:
         cfg = self.config
@@ -175,15 +178,16 @@ class SmtpProcess(Child):
         self.log.info("smtp: accepting clients again")
         self._start_accepting()
 
-    async def _session(self, conn: socket.socket, runtime: ListenerRuntime) -> None:
+    async def _session(self, conn: socket.socket, runtime: ListenerRuntime,
+                       local_user: str | None = None) -> None:
         self.stats.increment("smtp.session")
-        family = "inet6" if conn.family == socket.AF_INET6 else "inet4"
+        family = {socket.AF_INET6: "inet6", socket.AF_UNIX: "local"}.get(conn.family, "inet4")
         self.stats.increment(f"smtp.session.{family}")
         done: asyncio.Future[None] = self.loop.create_future()
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await Session(self, runtime, reader, writer).run()
+                await Session(self, runtime, reader, writer, local_user=local_user).run()
             finally:
                 if not done.done():
                     done.set_result(None)
@@ -207,6 +211,23 @@ class SmtpProcess(Child):
         finally:
             self.stats.decrement("smtp.session")
             self.stats.decrement(f"smtp.session.{family}")
+
+    def _on_enqueue(self, req: EnqueueRequest, _frame: Frame) -> None:
+        """A local submission: serve one end of a socketpair as a session of
+        the local socket listener, hand the other end to control."""
+        try:
+            user = pwd.getpwuid(req.uid).pw_name
+        except KeyError:
+            user = f"uid{req.uid}"
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        runtime = self.runtime_for(self.config.socket_listener)
+        task = self.loop.create_task(self._session(ours, runtime, local_user=user))
+        self.sessions.add(task)
+        task.add_done_callback(self.sessions.discard)
+        self.send(Proc.CONTROL, Msg.SMTP_CTL_ENQUEUE_FD, Request(req.reqid),
+                  fd=os.dup(theirs.fileno()))
+        theirs.close()
 
     def _on_pause(self, payload: PauseSet, _frame: Frame) -> None:
         self.paused = payload.paused
@@ -274,7 +295,8 @@ class SmtpProcess(Child):
         reqid, fut = self._request()
         self.send(Proc.LOOKUP, Msg.SMTP_RCPT_CHECK, RcptCheck(
             reqid=reqid, listener_tag=session.listener.listener.tag or "",
-            local=False, src=session.src, rdns=session.rdns, helo=session.proto.helo or "",
+            local=session.local_user is not None, src=session.src, rdns=session.rdns,
+            helo=session.proto.helo or "",
             tls=session.proto.tls_active, auth_user=session.auth_user,
             sender=sender, rcpt=rcpt, template=template))
         answer = await fut

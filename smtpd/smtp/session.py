@@ -82,7 +82,8 @@ class Transaction:
 
 class Session:
     def __init__(self, smtp: SmtpProcess, listener: ListenerRuntime,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 local_user: str | None = None) -> None:
         self.smtp = smtp
         self.listener = listener
         self.reader = reader
@@ -100,14 +101,19 @@ class Session:
         limits = replace(listener.limits, tls_active=tls_on)
         self.proto = ServerProtocol(limits)
         self.tx = Transaction()
-        self.auth_user = ""
+        # A local submission (sendmail) is authenticated as the local user,
+        # as upstream's enqueuer: its Received says "with ESMTPA".
+        self.local_user = local_user
+        self.auth_user = local_user or ""
+        if local_user is not None:
+            self.rdns = listener.limits.hostname
         self.log = smtp.log
         self.reason = "quit"
 
     # -- the loop --------------------------------------------------------------
 
     async def run(self) -> None:
-        if self.src != "local":
+        if self.local_user is None and self.src != "local":
             host = await self.smtp.lookup_host(self.src)
             self.rdns, self.fcrdns = host.name, host.confirmed
         self.log.info("%s smtp connected address=%s host=%s", self.sid,
