@@ -219,3 +219,11 @@ def test_legacy_auth_keyword() -> None:
     c.ehlo()
     [e] = whole(c, b"250-hi\r\n250-AUTH=LOGIN\r\n250 size 5\r\n")
     assert isinstance(e, C.EhloDone) and e.extensions == {"AUTH": "LOGIN", "SIZE": "5"}
+
+
+def test_reply_injected_before_tls_is_refused() -> None:
+    c = ClientProtocol("me.test")
+    whole(c, b"220 hi\r\n")
+    c.starttls()
+    [ev] = whole(c, b"220 go ahead\r\n250 injected\r\n")
+    assert isinstance(ev, C.ProtocolError)

@@ -1,0 +1,426 @@
+"""An asyncio MTA session: one connection to one next hop, several messages.
+
+    session = await MtaSession.open("mx.example.org", 25, config, address="192.0.2.1")
+    result = await session.send("a@b.test", [Recipient(evpid, "c@d.test")], spool_file)
+    await session.quit()
+
+``open`` connects, reads the greeting, says EHLO (HELO when EHLO gets a 5xx,
+RFC 5321 §3.2), runs STARTTLS (RFC 3207) and AUTH (RFC 4954, only over TLS)
+as the config asks; any failure there raises ``SessionError`` (a temporary
+failure for every envelope).  ``send`` never raises for network trouble: it
+returns a per-recipient ``TransferResult``; if the connection broke, the
+envelopes not yet answered are temporary failures and ``is_open`` is False.
+
+Spool files have LF line endings (COMPAT.md §2); the client turns them into
+CRLF and dot-stuffs them as they stream.  Reads of the spool file are plain
+blocking reads, as the queue's own: local disk, 64 KiB at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from smtpd.mta.transfer import (
+    Recipient,
+    RecipientResult,
+    SessionConfig,
+    SessionError,
+    Status,
+    TlsPolicy,
+    TransferResult,
+    fail_all,
+)
+from smtpd.smtp import client as C
+from smtpd.smtp.client import NEED_DATA, ClientProtocol
+from smtpd.smtp.reply import Reply
+
+CHUNK = 65536
+
+
+class _Broken(Exception):
+    """The connection is unusable; ``text`` explains it reply-style."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def make_tls_context(config: SessionConfig) -> ssl.SSLContext:
+    """Verified (system store or ``ca_file``) for mandatory TLS unless
+    ``verify`` is off; never verified for opportunistic STARTTLS, where a
+    failed check would only push the message to cleartext anyway."""
+    verify = config.verify and config.tls in (TlsPolicy.STARTTLS, TlsPolicy.SMTPS)
+    if verify:
+        return ssl.create_default_context(cafile=config.ca_file)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def scan_message(fp: BinaryIO) -> tuple[int, bool]:
+    """(size on the wire with CRLF line ends, has 8-bit bytes); rewinds."""
+    fp.seek(0)
+    size = 0
+    eightbit = False
+    prev_cr = False
+    while chunk := fp.read(CHUNK):
+        size += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
+        if prev_cr and chunk.startswith(b"\n"):
+            size -= 1
+        prev_cr = chunk.endswith(b"\r")
+        eightbit = eightbit or not chunk.isascii()
+    fp.seek(0)
+    return size, eightbit
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "Connection timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+class MtaSession:
+    """An open, greeted and identified connection (use ``open``)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 config: SessionConfig, host: str, port: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.config = config
+        self.host = host
+        self.port = port
+        self.client = ClientProtocol(config.helo, lmtp=config.lmtp)
+        self.greeting: Reply | None = None
+        self.tls_active = config.tls is TlsPolicy.SMTPS
+        self.authenticated = False
+        self.messages = 0  # transactions started on this connection
+        self._closed = False
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, host: str, port: int, config: SessionConfig, *,
+                   address: str | None = None) -> MtaSession:
+        """Connect to ``address`` (default ``host``) and run the handshake.
+        ``host`` names the peer for TLS verification and SNI."""
+        ctx = make_tls_context(config) if config.tls is TlsPolicy.SMTPS else None
+        name = config.server_name or host
+        local = (config.source, 0) if config.source else None
+        try:
+            async with asyncio.timeout(config.timeouts.connect):
+                reader, writer = await asyncio.open_connection(
+                    address or host, port, ssl=ctx, server_hostname=name if ctx else None,
+                    local_addr=local)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise SessionError(f"421 4.4.1 Connection to {host} failed: {_reason(exc)}") from exc
+        session = cls(reader, writer, config, host, port)
+        try:
+            await session._handshake()
+        except _Broken as exc:
+            session.abort()
+            raise SessionError(exc.text) from exc
+        except SessionError:
+            session.abort()
+            raise
+        return session
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        return dict(self.client.extensions)
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` as logs show it, IPv6 bracketed."""
+        info = self.writer.get_extra_info("peername")
+        addr = str(info[0]) if info else self.host
+        return f"[{addr}]:{self.port}" if ":" in addr else f"{addr}:{self.port}"
+
+    async def _handshake(self) -> None:
+        t = self.config.timeouts
+        ev = await self._event(t.greeting)
+        if not isinstance(ev, C.Greeting) or ev.reply.code != 220:
+            raise SessionError(f"{_text(ev)} (greeting)")
+        self.greeting = ev.reply
+        await self._hello()
+        policy = self.config.tls
+        required = policy is TlsPolicy.STARTTLS or self.config.credentials is not None
+        if policy in (TlsPolicy.OPPORTUNISTIC, TlsPolicy.STARTTLS) and not self.tls_active:
+            if "STARTTLS" in self.client.extensions:
+                await self._write(self.client.starttls(), t.starttls)
+                ev = await self._event(t.starttls)
+                if isinstance(ev, C.StartTlsReply) and ev.reply.code == 220:
+                    await self._start_tls()
+                    await self._hello()
+                elif required:
+                    raise SessionError(f"{_text(ev)} (STARTTLS)")
+            elif required:
+                raise SessionError("421 4.7.10 Remote host does not offer STARTTLS")
+        if self.config.credentials is not None:
+            if not self.tls_active:
+                raise SessionError("530 5.7.11 Refusing to authenticate without TLS")
+            await self._auth(*self.config.credentials)
+
+    async def _hello(self) -> None:
+        t = self.config.timeouts
+        await self._write(self.client.ehlo(), t.helo)
+        ev = await self._event(t.helo)
+        if isinstance(ev, C.EhloDone) and ev.reply.code // 100 == 2:
+            return
+        if isinstance(ev, C.EhloDone) and ev.reply.code // 100 == 5 and not self.config.lmtp:
+            await self._write(self.client.helo(), t.helo)
+            ev = await self._event(t.helo)
+            if isinstance(ev, C.HeloDone) and ev.reply.code // 100 == 2:
+                return
+        raise SessionError(f"{_text(ev)} (HELO)")
+
+    async def _start_tls(self) -> None:
+        ctx = make_tls_context(self.config)
+        try:
+            async with asyncio.timeout(self.config.timeouts.starttls):
+                await self.writer.start_tls(
+                    ctx, server_hostname=self.config.server_name or self.host)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise _Broken(f"421 4.7.0 TLS handshake failed: {_reason(exc)}") from exc
+        self.client.tls_established()
+        self.tls_active = True
+
+    async def _auth(self, user: str, password: str) -> None:
+        t = self.config.timeouts
+        mechanisms = self.client.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms:
+            await self._write(self.client.auth_plain(user, password), t.auth)
+        elif "LOGIN" in mechanisms:
+            await self._write(self.client.auth_login(user, password), t.auth)
+        else:
+            raise SessionError("504 5.7.4 Remote host offers no AUTH PLAIN or LOGIN")
+        while True:
+            ev = await self._event(t.auth)
+            if isinstance(ev, C.AuthChallenge):
+                await self._write(self.client.auth_response(), t.auth)
+                continue
+            if isinstance(ev, C.AuthDone) and ev.reply.code == 235:
+                self.authenticated = True
+                return
+            raise SessionError(f"{_text(ev)} (AUTH)")
+
+    # -- I/O helpers -------------------------------------------------------------
+
+    async def _event(self, timeout: float) -> C.Event:
+        """The next event within ``timeout`` seconds; broken connections and
+        protocol errors raise _Broken."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    ev = self.client.next_event()
+                    if ev is NEED_DATA:
+                        self.client.receive_data(await self.reader.read(CHUNK))
+                        continue
+                    assert not isinstance(ev, C.Sentinel)
+                    break
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise _Broken(f"421 4.4.2 {_reason(exc)}") from exc
+        if isinstance(ev, C.ProtocolError):
+            if ev.reply is not None:
+                raise _Broken(str(ev.reply))
+            raise _Broken(f"421 4.4.0 Protocol error: {ev.reason}")
+        if isinstance(ev, C.ConnectionClosed):
+            raise _Broken("421 4.4.2 Connection closed by the remote host")
+        return ev
+
+    async def _write(self, data: bytes, timeout: float) -> None:
+        try:
+            self.writer.write(data)
+            async with asyncio.timeout(timeout):
+                await self.writer.drain()
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise _Broken(f"421 4.4.2 {_reason(exc)}") from exc
+
+    # -- transfer -----------------------------------------------------------------
+
+    async def send(self, sender: str, recipients: Sequence[Recipient], message: BinaryIO, *,
+                   envid: str | None = None, ret: str | None = None,
+                   smtputf8: bool = False) -> TransferResult:
+        """Relay one message (spool form, LF line endings) to ``recipients``.
+        ``envid`` (xtext) and ``ret`` (FULL/HDRS) go on MAIL when the peer
+        offers DSN.  ``smtputf8`` is implied by a non-ASCII address."""
+        if self._closed:
+            return fail_all(recipients, Status.TEMPFAIL, "421 4.4.2 Session closed")
+        ext = self.client.extensions
+        size, eightbit = scan_message(message)
+        utf8 = smtputf8 or not (sender.isascii() and all(r.address.isascii() for r in recipients))
+        if utf8 and "SMTPUTF8" not in ext:
+            # RFC 6531 §3.2: no downgrade; upstream fails the same way.
+            return fail_all(recipients, Status.PERMFAIL,
+                            "553 5.6.7 Remote host does not support SMTPUTF8")
+        if eightbit and "8BITMIME" not in ext:
+            # RFC 6152 §3: 8-bit data only to an 8BITMIME peer; no downgrade.
+            return fail_all(recipients, Status.PERMFAIL,
+                            "554 5.6.3 Remote host does not support 8BITMIME")
+        limit = _int(ext.get("SIZE", ""))
+        if limit and size > limit:
+            # RFC 1870 §4: do not send what the peer announced it refuses.
+            return fail_all(recipients, Status.PERMFAIL,
+                            f"552 5.3.4 Message too big for remote host (SIZE {limit})")
+        dsn = "DSN" in ext
+        params = [f"SIZE={size}"] if "SIZE" in ext else []
+        if eightbit:
+            params.append("BODY=8BITMIME")
+        if utf8:
+            params.append("SMTPUTF8")
+        if dsn and ret:
+            params.append(f"RET={ret}")
+        if dsn and envid:
+            params.append(f"ENVID={envid}")
+        out: list[RecipientResult | None] = [None] * len(recipients)
+        try:
+            if self.messages:
+                await self._rset()
+            self.messages += 1
+            await self._transaction(sender, params, recipients, message, dsn, out)
+        except _Broken as exc:
+            self.abort()
+            missing = exc.text
+        else:
+            missing = "451 4.3.0 No reply for this recipient"
+        # Every envelope gets a result: one without a final reply is retried.
+        return TransferResult(tuple(
+            x if x is not None else RecipientResult(r.evpid, r.address, Status.TEMPFAIL, missing)
+            for x, r in zip(out, recipients, strict=True)), peer_dsn=dsn)
+
+    async def _rset(self) -> None:
+        await self._write(self.client.rset(), self.config.timeouts.rset)
+        ev = await self._event(self.config.timeouts.rset)
+        if not isinstance(ev, C.RsetReply) or ev.reply.code // 100 != 2:
+            raise _Broken(_text(ev))
+
+    async def _transaction(self, sender: str, params: list[str],
+                           recipients: Sequence[Recipient], message: BinaryIO, dsn: bool,
+                           out: list[RecipientResult | None]) -> None:
+        t = self.config.timeouts
+        c = self.client
+
+        def settle(i: int, reply: Reply) -> None:
+            r = recipients[i]
+            out[i] = RecipientResult(r.evpid, r.address, Status.of(reply), str(reply))
+
+        def rcpt_line(r: Recipient) -> bytes:
+            rp = []
+            if dsn and r.notify:
+                rp.append(f"NOTIFY={r.notify}")
+            if dsn and r.orcpt:
+                rp.append(f"ORCPT={r.orcpt}")
+            return c.rcpt(r.address, rp)
+
+        pipelined = c.pipelining
+        if pipelined:
+            # RFC 2920 §3.1: MAIL, every RCPT and DATA in one write.
+            burst = c.mail(sender, params) + b"".join(rcpt_line(r) for r in recipients)
+            await self._write(burst + c.data(), t.mail)
+        else:
+            await self._write(c.mail(sender, params), t.mail)
+        mail = await self._event(t.mail)
+        mail_ok = isinstance(mail, C.MailReply) and mail.reply.code // 100 == 2
+        if not isinstance(mail, C.MailReply):
+            raise _Broken(_text(mail))
+        rcpt_replies: list[Reply] = []
+        for r in recipients:
+            if not pipelined:
+                if not mail_ok:
+                    break
+                await self._write(rcpt_line(r), t.rcpt)
+            ev = await self._event(t.rcpt)
+            if not isinstance(ev, C.RcptReply):
+                raise _Broken(_text(ev))
+            rcpt_replies.append(ev.reply)
+        if not mail_ok:
+            for i in range(len(recipients)):
+                settle(i, mail.reply)
+        else:
+            # An accepted RCPT is not a result yet: the message may still
+            # fail (or the connection break) before the final reply.
+            for i, reply in enumerate(rcpt_replies):
+                if reply.code // 100 != 2:
+                    settle(i, reply)
+        accepted = c.accepted if mail_ok else ()
+        if not pipelined and not accepted:
+            return
+        if not pipelined:
+            await self._write(c.data(), t.data_init)
+        ev = await self._event(t.data_init)
+        if not isinstance(ev, C.DataReply):
+            raise _Broken(_text(ev))
+        if ev.reply.code != 354:
+            for i in accepted:
+                settle(i, ev.reply)
+            return
+        if not accepted:
+            # RFC 2920 §3.1: DATA accepted although no recipient was: send
+            # an empty message and ignore its reply.
+            await self._write(c.end_of_data(), t.data_block)
+            for _ in range(c.pending):
+                await self._event(t.data_end)
+            return
+        await self._body(message)
+        await self._write(c.end_of_data(), t.data_block)
+        for _ in range(len(accepted) if c.lmtp else 1):
+            ev = await self._event(t.data_end)
+            if not isinstance(ev, C.MessageReply):
+                raise _Broken(_text(ev))
+            if ev.index is None:
+                for i in accepted:
+                    settle(i, ev.reply)
+            else:
+                settle(ev.index, ev.reply)
+
+    async def _body(self, message: BinaryIO) -> None:
+        message.seek(0)
+        while chunk := message.read(CHUNK):
+            await self._write(self.client.message_chunk(chunk), self.config.timeouts.data_block)
+
+    # -- closing ---------------------------------------------------------------
+
+    async def quit(self) -> None:
+        """QUIT politely (errors ignored), then close."""
+        if self._closed:
+            return
+        try:
+            await self._write(self.client.quit(), self.config.timeouts.quit)
+            await self._event(self.config.timeouts.quit)
+        except (_Broken, C.ClientUsageError):
+            pass
+        self.writer.close()
+        self._closed = True
+        try:
+            async with asyncio.timeout(self.config.timeouts.quit):
+                await self.writer.wait_closed()
+        except (OSError, TimeoutError, ssl.SSLError):
+            pass
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if not self._closed:
+            self._closed = True
+            self.writer.transport.abort()
+
+
+def _text(ev: C.Event) -> str:
+    reply = getattr(ev, "reply", None)
+    if isinstance(reply, Reply):
+        return str(reply)
+    return f"421 4.4.0 Unexpected {type(ev).__name__}"
+
+
+def _int(text: str) -> int:
+    return int(text) if text.isdigit() else 0
