@@ -1,0 +1,59 @@
+"""A UDP DNS stub on 127.0.0.1 for routing tests: answers from a table of
+(name, type) -> values, "SERVFAIL" per name, NXDOMAIN for unknown names,
+an empty NOERROR answer for known names of another type."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Mapping, Sequence
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+Records = Mapping[tuple[str, str], Sequence[str]]
+
+
+class StubDns:
+    def __init__(self, records: Records, servfail: Sequence[str] = ()) -> None:
+        self.records = dict(records)
+        self.servfail = set(servfail)
+        self.names = {name for name, _ in self.records} | self.servfail
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.queries: list[str] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def spec(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            q = query.question[0]
+            name, rdtype = q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)
+            self.queries.append(f"{name} {rdtype}")
+            values = self.records.get((name, rdtype))
+            if name in self.servfail:
+                reply.set_rcode(dns.rcode.SERVFAIL)
+            elif values:
+                reply.answer.append(dns.rrset.from_text_list(name, 60, "IN", rdtype, values))
+            elif name not in self.names:
+                reply.set_rcode(dns.rcode.NXDOMAIN)
+            try:
+                self.sock.sendto(reply.to_wire(), peer)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
