@@ -19,6 +19,7 @@ blocking reads, as the queue's own: local disk, 64 KiB at a time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -46,6 +47,10 @@ class _Broken(Exception):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.text = text
+
+
+class _TlsFailed(_Broken):
+    """The TLS handshake after STARTTLS failed."""
 
 
 def make_tls_context(config: SessionConfig) -> ssl.SSLContext:
@@ -124,6 +129,14 @@ class MtaSession:
         session = cls(reader, writer, config, host, port)
         try:
             await session._handshake()
+        except _TlsFailed as exc:
+            session.abort()
+            if config.tls is TlsPolicy.OPPORTUNISTIC and config.credentials is None:
+                # Opportunistic means "TLS if it works": retry in clear once,
+                # as upstream does (MTA_DOWNGRADE_PLAIN).
+                plain = dataclasses.replace(config, tls=TlsPolicy.NONE)
+                return await cls.open(host, port, plain, address=address)
+            raise SessionError(exc.text) from exc
         except _Broken as exc:
             session.abort()
             raise SessionError(exc.text) from exc
@@ -192,7 +205,7 @@ class MtaSession:
                 await self.writer.start_tls(
                     ctx, server_hostname=self.config.server_name or self.host)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise _Broken(f"421 4.7.0 TLS handshake failed: {_reason(exc)}") from exc
+            raise _TlsFailed(f"421 4.7.0 TLS handshake failed: {_reason(exc)}") from exc
         self.client.tls_established()
         self.tls_active = True
 

@@ -19,6 +19,8 @@ class SinkConfig:
     smtputf8: bool = False
     dsn: bool = False
     tls: ssl.SSLContext | None = None  # offers STARTTLS when set
+    tls_break: bool = False  # answer 220 to STARTTLS, then hang up (no handshake)
+    smtps: ssl.SSLContext | None = None  # TLS from the first byte
     auth: tuple[str, str] | None = None  # offered after TLS; the one good pair
     ehlo_reply: bytes | None = None  # e.g. b"500 no\r\n": forces HELO
     greeting: bytes = b"220 sink.test ESMTP\r\n"
@@ -62,7 +64,8 @@ class Sink:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0,
+                                                  ssl=self.config.smtps)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -93,7 +96,7 @@ class _Conn:
         self.sink, self.cfg = sink, sink.config
         self.reader, self.writer = reader, writer
         self.buf = bytearray()
-        self.tls = False
+        self.tls = sink.config.smtps is not None
         self.sender: str | None = None
         self.mail_line = ""
         self.rcpts: list[str] = []
@@ -138,6 +141,8 @@ class _Conn:
 
     async def run(self) -> None:
         self.sink.connections += 1
+        if self.tls:
+            self.sink.tls_sessions += 1
         await self.reply("GREETING", self.cfg.greeting)
         while (raw := await self.line()) is not None:
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
@@ -161,6 +166,8 @@ class _Conn:
             await self.reply(verb, b"250 sink.test\r\n")
         elif verb == "STARTTLS" and c.tls is not None and not self.tls:
             await self.reply(verb, b"220 2.0.0 Ready to start TLS\r\n")
+            if c.tls_break:
+                return False
             self.buf.clear()
             await self.writer.start_tls(c.tls)
             self.tls = True

@@ -329,3 +329,31 @@ def test_credentials_never_sent_in_clear() -> None:
         run(sink, lambda port: MtaSession.open("127.0.0.1", port,
                                                config(credentials=("alice", "s3cret"))))
     assert not any(c.startswith("AUTH") for c in sink.commands)
+
+
+def test_opportunistic_tls_failure_retries_in_clear(ca: trustme.CA) -> None:
+    sink = Sink(SinkConfig(tls=server_ctx(ca), tls_break=True))
+    result = run(sink, lambda port: relay_one(port, config(), rcpts=RCPTS[:1]))
+    assert result.results[0].status is Status.OK
+    assert sink.connections == 2 and sink.commands.count("STARTTLS") == 1
+    # mandatory TLS never falls back
+    sink2 = Sink(SinkConfig(tls=server_ctx(ca), tls_break=True))
+    with pytest.raises(SessionError, match="TLS handshake failed"):
+        run(sink2, lambda port: open_named(port, config(tls=TlsPolicy.STARTTLS, verify=False)))
+    assert sink2.connections == 1
+
+
+def test_smtps(ca: trustme.CA, tmp_path: Path) -> None:
+    sink = Sink(SinkConfig(smtps=server_ctx(ca), auth=("bob", "pw")))
+    cfg = config(tls=TlsPolicy.SMTPS, ca_file=ca_file(ca, tmp_path), credentials=("bob", "pw"))
+
+    async def body(port: int) -> TransferResult:
+        session = await open_named(port, cfg)
+        try:
+            return await session.send("a@src.test", RCPTS[:1], io.BytesIO(b"x\n"))
+        finally:
+            await session.quit()
+
+    assert run(sink, body).results[0].status is Status.OK
+    assert sink.tls_sessions == 1 and sink.auth_users == ["bob"]
+    assert "STARTTLS" not in sink.commands
