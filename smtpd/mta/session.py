@@ -179,10 +179,10 @@ class MtaSession:
                 elif required:
                     raise SessionError(f"{_text(ev)} (STARTTLS)")
             elif required:
-                raise SessionError("421 4.7.10 Remote host does not offer STARTTLS")
+                raise SessionError("421 4.7.10 TLS required but not supported by remote host")
         if self.config.credentials is not None:
             if not self.tls_active:
-                raise SessionError("530 5.7.11 Refusing to authenticate without TLS")
+                raise SessionError("530 5.7.11 Refuse to AUTH over unsecure channel")
             await self._auth(*self.config.credentials)
 
     async def _hello(self) -> None:
@@ -285,7 +285,7 @@ class MtaSession:
         if limit and size > limit:
             # RFC 1870 §4: do not send what the peer announced it refuses.
             return fail_all(recipients, Status.PERMFAIL,
-                            f"552 5.3.4 Message too big for remote host (SIZE {limit})")
+                            f"552 5.3.4 Message too large for peer (SIZE {limit})")
         dsn = "DSN" in ext
         params = [f"SIZE={size}"] if "SIZE" in ext else []
         if eightbit:

@@ -318,7 +318,7 @@ def test_opportunistic_tls(ca: trustme.CA) -> None:
 
 def test_tls_required_but_not_offered() -> None:
     sink = Sink(SinkConfig())
-    with pytest.raises(SessionError, match="does not offer STARTTLS"):
+    with pytest.raises(SessionError, match="TLS required but not supported"):
         run(sink, lambda port: MtaSession.open("127.0.0.1", port,
                                                config(tls=TlsPolicy.STARTTLS)))
 
