@@ -37,7 +37,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint users
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -q
 
 clean:
 	rm -rf $(VENV) var
