@@ -108,6 +108,7 @@ class MtaSession:
         self.authenticated = False
         self.messages = 0  # transactions started on this connection
         self._closed = False
+        self._closing = False  # a 421 was received
 
     # -- opening ---------------------------------------------------------------
 
@@ -148,6 +149,12 @@ class MtaSession:
     @property
     def is_open(self) -> bool:
         return not self._closed
+
+    @property
+    def local_address(self) -> str | None:
+        """The source address of the connection (``source=`` in logs)."""
+        info = self.writer.get_extra_info("sockname")
+        return str(info[0]) if info else None
 
     @property
     def extensions(self) -> dict[str, str]:
@@ -250,6 +257,10 @@ class MtaSession:
             raise _Broken(f"421 4.4.0 Protocol error: {ev.reason}")
         if isinstance(ev, C.ConnectionClosed):
             raise _Broken("421 4.4.2 Connection closed by the remote host")
+        reply = getattr(ev, "reply", None)
+        if isinstance(reply, Reply) and reply.code == 421:
+            # RFC 5321 §3.8: the server is closing the channel.
+            self._closing = True
         return ev
 
     async def _write(self, data: bytes, timeout: float) -> None:
@@ -307,6 +318,8 @@ class MtaSession:
             missing = exc.text
         else:
             missing = "451 4.3.0 No reply for this recipient"
+            if self._closing:
+                self.abort()
         # Every envelope gets a result: one without a final reply is retried.
         return TransferResult(tuple(
             x if x is not None else RecipientResult(r.evpid, r.address, Status.TEMPFAIL, missing)
@@ -344,9 +357,14 @@ class MtaSession:
         else:
             await self._write(c.mail(sender, params), t.mail)
         mail = await self._event(t.mail)
-        mail_ok = isinstance(mail, C.MailReply) and mail.reply.code // 100 == 2
         if not isinstance(mail, C.MailReply):
             raise _Broken(_text(mail))
+        mail_ok = mail.reply.code // 100 == 2
+        if not mail_ok:
+            # Settled now: a server that hangs up after refusing MAIL (421)
+            # leaves its own reply in the envelopes, not "connection closed".
+            for i in range(len(recipients)):
+                settle(i, mail.reply)
         rcpt_replies: list[Reply] = []
         for r in recipients:
             if not pipelined:
@@ -357,10 +375,7 @@ class MtaSession:
             if not isinstance(ev, C.RcptReply):
                 raise _Broken(_text(ev))
             rcpt_replies.append(ev.reply)
-        if not mail_ok:
-            for i in range(len(recipients)):
-                settle(i, mail.reply)
-        else:
+        if mail_ok:
             # An accepted RCPT is not a result yet: the message may still
             # fail (or the connection break) before the final reply.
             for i, reply in enumerate(rcpt_replies):

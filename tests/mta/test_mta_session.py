@@ -357,3 +357,18 @@ def test_smtps(ca: trustme.CA, tmp_path: Path) -> None:
     assert run(sink, body).results[0].status is Status.OK
     assert sink.tls_sessions == 1 and sink.auth_users == ["bob"]
     assert "STARTTLS" not in sink.commands
+
+
+def test_421_to_mail_keeps_the_reply_and_closes() -> None:
+    sink = Sink(SinkConfig(mail_reply=b"421 4.3.2 Shutting down\r\n"))
+
+    async def body(port: int) -> tuple[TransferResult, bool]:
+        session = await MtaSession.open("127.0.0.1", port, config())
+        result = await session.send("a@src.test", RCPTS, io.BytesIO(b"x\n"))
+        assert session.local_address == "127.0.0.1"
+        return result, session.is_open
+
+    result, still_open = run(sink, body)
+    assert {(r.status, r.text) for r in result.results} == {
+        (Status.TEMPFAIL, "421 4.3.2 Shutting down")}
+    assert not still_open
