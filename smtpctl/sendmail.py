@@ -342,8 +342,10 @@ def write_offline(directory: str, argv: list[str], lines: list[bytes], s: Scan,
         if "|" in arg or "\n" in arg:
             print(f"sendmail: {arg} contains illegal character", file=err)
             return os.EX_SOFTWARE
+    # Written under a dot name, renamed when complete: the daemon skips dot
+    # names, so a start racing with this write never sees half a message.
     try:
-        fd, path = tempfile.mkstemp(prefix=f"{int(time.time())}.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{int(time.time())}.", dir=directory)
     except OSError as exc:
         print(f"sendmail: cannot create temporary file in {directory}: {exc.strerror}",
               file=err)
@@ -359,10 +361,11 @@ def write_offline(directory: str, argv: list[str], lines: list[bytes], s: Scan,
             f.writelines(lines)
             f.flush()
             os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(directory, os.path.basename(tmp)[1:]))
     except OSError as exc:
         print(f"sendmail: write error: {exc.strerror}", file=err)
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(tmp)
         return os.EX_UNAVAILABLE
     return os.EX_TEMPFAIL
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imsg import Frame
-from smtpd import __version__, privsep
+from smtpd import __version__, offline, privsep
 from smtpd.config.listen import ListenError, resolve_listener
 from smtpd.config.model import Config, Listener, ListenerKind
 from smtpd.mda.runner import DeliveryRunner
@@ -177,6 +177,7 @@ class Parent(Node):
 
     def on_live(self) -> None:
         self.log.info("info: all processes ready")
+        self.offline = offline.enqueue_offline(self.loop, self.config, self.log)
 
     def _on_delivery_start(self, payload: DeliveryStart, frame: Frame) -> None:
         # Privileged work: fork a child per delivery as the recipient's user
