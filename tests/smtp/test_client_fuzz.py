@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smtpd.smtp import client as C
 from smtpd.smtp.client import NEED_DATA, ClientProtocol
+from smtpd.smtp.dotstream import DotReader
 
 REPLYISH = st.lists(
     st.one_of(
@@ -48,3 +51,32 @@ def test_arbitrary_replies(chunks: list[bytes], lmtp: bool) -> None:
     c.receive_data(b"")
     _drive(c)
     assert isinstance(c.next_event(), (C.ProtocolError, C.ConnectionClosed))
+
+
+PIECES = st.sampled_from([b"a", b".", b"..", b"\n", b"\r\n", b"\xff", b" ", b"\x00"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(PIECES, max_size=60), st.lists(st.integers(0, 200), max_size=8))
+def test_message_chunks_round_trip_through_the_server_reader(
+        pieces: list[bytes], cuts: list[int]) -> None:
+    """Whatever the chunking, the server's DATA reader gets back the message
+    (LF line ends), the terminator comes only at the end, nothing is bare."""
+    data = b"".join(pieces)
+    c = ClientProtocol("me.test")
+    c.receive_data(b"220 hi\r\n")
+    c.next_event()
+    c.data()
+    c.receive_data(b"354 go\r\n")
+    c.next_event()
+    bounds = sorted({min(x, len(data)) for x in cuts} | {0, len(data)})
+    wire = b"".join(c.message_chunk(data[a:b]) for a, b in itertools.pairwise(bounds))
+    wire += c.end_of_data()
+    reader = DotReader(max_size=10**6, max_line=10**6)
+    buf = bytearray(wire)
+    out = reader.read(buf)
+    assert reader.done and reader.error is None and buf == bytearray()
+    expected = data.replace(b"\r\n", b"\n")
+    if expected and not expected.endswith(b"\n"):
+        expected += b"\n"
+    assert out == expected
