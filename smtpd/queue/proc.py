@@ -51,6 +51,7 @@ from smtpd.queue.envelope import (
     EnvelopeError,
     dump_envelope,
     load_envelope,
+    render_upstream,
 )
 from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError
 from smtpd.queue.front import QueueFront
@@ -438,7 +439,8 @@ class QueueProcess(Child):
                 env = self._load(int(req.args[0], 16))
                 if env is None:
                     return ["smtpctl: no such envelope"], 1
-                return dump_envelope(env).decode().splitlines(), 0
+                # COMPAT.md: `show envelope` prints 6.8's key: value format
+                return render_upstream(env).splitlines(), 0
             case "message":
                 oid = int(req.args[0], 16)
                 msgid = oid >> 32 if oid > 0xFFFFFFFF else oid
