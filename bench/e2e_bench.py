@@ -1,0 +1,194 @@
+"""End-to-end throughput: SMTP client -> smtp -> lookup -> queue (durable
+commit) -> scheduler -> parent -> maildir, measured as messages per second
+until the files exist in the Maildir, at several client concurrencies and
+message sizes.
+
+    .venv/bin/python bench/e2e_bench.py [--sizes 4096,102400] [--conc 1,10,50]
+                                        [--budget 15] [--max-msgs 400]
+
+Spawns its own daemon (`python -m smtpd -d`) in a temporary directory, one
+for the whole run, and kills its process group at the end.  Each cell sends
+until --max-msgs or --budget seconds, then waits for the Maildir.  Prints one
+table: accept rate (all 250 replies), end-to-end rate (all files present),
+and the 250-reply latency (p50/p99).  Not a test: figures depend on the
+machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+READY = "envelopes loaded from the spool"  # the queue is live and recovered
+LISTEN_RE = re.compile(r"listening on \S+ port (\d+)")
+CONFIG = """queue path "{spool}"
+control socket "{sock}"
+listen on 127.0.0.1 port {port}
+action "local" maildir "{mail}/%{{user.username}}"
+match from any for local action "local"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """The real daemon in its own session; killed with its group on exit."""
+
+    def __init__(self, root: Path) -> None:
+        root.chmod(0o711)  # privilege-dropped processes must traverse it
+        self.root = root
+        self.mail = root / "mail"
+        self.port = free_port()
+        conf = root / "smtpd.conf"
+        conf.write_text(CONFIG.format(spool=root / "spool", sock=root / "smtpd.sock",
+                                      port=self.port, mail=self.mail))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "smtpd", "-d", "-f", str(conf)], cwd=root,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, start_new_session=True)
+        self.lines: list[str] = []
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
+        if not ready.wait(30):
+            self.kill()
+            raise SystemExit("daemon did not start:\n" + "\n".join(self.lines[-30:]))
+
+    def _read(self, ready: threading.Event) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if READY in line:
+                ready.set()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@dataclass(frozen=True)
+class Cell:
+    size: int
+    conc: int
+    sent: int
+    failed: int
+    accept_s: float
+    e2e_s: float
+    latencies: tuple[float, ...]
+
+    def row(self) -> str:
+        lat = sorted(self.latencies) or [0.0]
+        p50 = statistics.median(lat) * 1000
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        e2e = f"{self.sent / self.e2e_s:9.1f}" if self.e2e_s > 0 else "  timeout"
+        return (f"{self.size // 1024:>5} KB {self.conc:>5} {self.sent:>6} {self.failed:>5}"
+                f" {self.sent / self.accept_s:9.1f} {e2e} {p50:8.1f} {p99:8.1f}")
+
+
+HEADER = "  size    conc   sent  fail  accept/s     e2e/s  p50 ms   p99 ms"
+
+
+def body(size: int, tag: str) -> bytes:
+    head = f"Subject: bench {tag}\r\nMessage-ID: <{tag}@bench.test>\r\n\r\n".encode()
+    line = b"x" * 76 + b"\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def count_new(maildir: Path) -> int:
+    try:
+        return sum(1 for _ in os.scandir(maildir / "new"))
+    except FileNotFoundError:
+        return 0
+
+
+def run_cell(d: Daemon, rcpt: str, maildir: Path, size: int, conc: int,
+             max_msgs: int, budget: float) -> Cell:
+    before = count_new(maildir)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counters = {"sent": 0, "failed": 0, "claimed": 0}
+    deadline = time.monotonic() + budget
+    payloads = [body(size, f"{size}-{conc}-{i}") for i in range(conc)]
+
+    def client(i: int) -> None:
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=60) as s:
+            s.ehlo("bench.test")
+            while time.monotonic() < deadline:
+                with lock:
+                    if counters["claimed"] >= max_msgs:
+                        return
+                    counters["claimed"] += 1
+                t = time.monotonic()
+                try:
+                    s.sendmail("bench@bench.test", [rcpt], payloads[i])
+                except smtplib.SMTPResponseException:
+                    with lock:
+                        counters["failed"] += 1
+                    continue
+                with lock:
+                    latencies.append(time.monotonic() - t)
+                    counters["sent"] += 1
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(conc)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    accept_s = time.monotonic() - t0
+    want = before + counters["sent"]
+    drain_deadline = time.monotonic() + max(30.0, budget)
+    while count_new(maildir) < want and time.monotonic() < drain_deadline:
+        time.sleep(0.01)
+    e2e_s = time.monotonic() - t0 if count_new(maildir) >= want else -1.0
+    return Cell(size, conc, counters["sent"], counters["failed"], accept_s, e2e_s,
+                tuple(latencies))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--sizes", default="4096,102400", help="message sizes in bytes")
+    ap.add_argument("--conc", default="1,10,50", help="concurrent SMTP clients")
+    ap.add_argument("--budget", type=float, default=15.0, help="seconds of sending per cell")
+    ap.add_argument("--max-msgs", type=int, default=400, help="messages per cell at most")
+    args = ap.parse_args(argv)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    root = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
+    d = Daemon(root)
+    try:
+        maildir = d.mail / user
+        print(f"daemon pid {d.proc.pid}, port {d.port}, rcpt {user}@localhost, "
+              f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+        print(HEADER)
+        for size in (int(x) for x in args.sizes.split(",")):
+            for conc in (int(x) for x in args.conc.split(",")):
+                cell = run_cell(d, f"{user}@localhost", maildir, size, conc,
+                                args.max_msgs, args.budget)
+                print(cell.row(), flush=True)
+    finally:
+        d.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
