@@ -279,10 +279,16 @@ class MtaSession:
         """Relay one message (spool form, LF line endings) to ``recipients``.
         ``envid`` (xtext) and ``ret`` (FULL/HDRS) go on MAIL when the peer
         offers DSN.  ``smtputf8`` is implied by a non-ASCII address."""
+        if not recipients:
+            return TransferResult(())
         if self._closed:
             return fail_all(recipients, Status.TEMPFAIL, "421 4.4.2 Session closed")
         ext = self.client.extensions
-        size, eightbit = scan_message(message)
+        try:
+            size, eightbit = scan_message(message)
+        except OSError as exc:
+            return fail_all(recipients, Status.TEMPFAIL,
+                            f"451 4.3.0 Cannot read the message: {_reason(exc)}")
         utf8 = smtputf8 or not (sender.isascii() and all(r.address.isascii() for r in recipients))
         if utf8 and "SMTPUTF8" not in ext:
             # RFC 6531 §3.2: no downgrade; upstream fails the same way.
@@ -413,8 +419,15 @@ class MtaSession:
                 settle(ev.index, ev.reply)
 
     async def _body(self, message: BinaryIO) -> None:
-        message.seek(0)
-        while chunk := message.read(CHUNK):
+        while True:
+            try:
+                chunk = message.read(CHUNK)
+            except OSError as exc:
+                # Never send the final dot after a short read: that would
+                # deliver a truncated message.  Drop the connection instead.
+                raise _Broken(f"451 4.3.0 Cannot read the message: {_reason(exc)}") from exc
+            if not chunk:
+                return
             await self._write(self.client.message_chunk(chunk), self.config.timeouts.data_block)
 
     # -- closing ---------------------------------------------------------------

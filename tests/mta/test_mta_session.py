@@ -372,3 +372,42 @@ def test_421_to_mail_keeps_the_reply_and_closes() -> None:
     assert {(r.status, r.text) for r in result.results} == {
         (Status.TEMPFAIL, "421 4.3.2 Shutting down")}
     assert not still_open
+
+
+class FailingFile(io.BytesIO):
+    """Reads fine while scanned, then fails in the middle of DATA."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+        self.fail_after: int | None = None
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if self.fail_after is None and pos == 0 and self.reads:
+            self.fail_after = 1  # armed by the rewind that follows the scan
+        return super().seek(pos, whence)
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.fail_after is not None:
+            if self.fail_after == 0:
+                raise OSError(5, "Input/output error")
+            self.fail_after -= 1
+        return super().read(min(n, 65536) if n and n > 0 else 65536)
+
+
+def test_read_error_mid_data_never_ends_the_message() -> None:
+    sink = Sink(SinkConfig())
+
+    async def body(port: int) -> tuple[TransferResult, bool]:
+        session = await MtaSession.open("127.0.0.1", port, config())
+        empty = await session.send("a@src.test", [], io.BytesIO(b"x\n"))
+        assert empty.results == ()
+        result = await session.send("a@src.test", RCPTS[:1],
+                                    FailingFile(b"line\n" * 30000))  # > 2 chunks
+        return result, session.is_open
+
+    result, still_open = run(sink, body)
+    assert result.results[0].status is Status.TEMPFAIL
+    assert "Input/output error" in result.results[0].text
+    assert not still_open and sink.messages == []
