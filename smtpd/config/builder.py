@@ -99,6 +99,7 @@ class Builder:
     queue: model.QueueOptions = field(default_factory=model.QueueOptions)
     smtp: model.SmtpOptions = field(default_factory=model.SmtpOptions)
     control_socket: str = model.DEFAULT_CONTROL_SOCKET
+    stats_path: str | None = None
     bounce_warn: tuple[int, ...] = model.DEFAULT_BOUNCE_WARN
     srs_key: str | None = None
     srs_key_backup: str | None = None

@@ -164,6 +164,8 @@ def dump(config: model.Config, redact: bool = False) -> str:
     qo = config.queue
     lines.append(f"queue path {q(qo.path)}")
     lines.append(f"control socket {q(config.control_socket)}")
+    if config.stats_path is not None:
+        lines.append(f"stats persistent {q(config.stats_path)}")
     if qo.compression:
         lines.append("queue compression")
     if qo.encryption:

@@ -107,6 +107,7 @@ def freeze(b: Builder) -> model.Config:
         hostname=b.hostname,
         queue=b.queue,
         control_socket=b.control_socket,
+        stats_path=b.stats_path,
         listeners=tuple(listeners),
         tables=MappingProxyType(dict(b.tables)),
         pkis=MappingProxyType(dict(b.pkis)),

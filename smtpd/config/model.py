@@ -343,6 +343,8 @@ class Config:
     hostname: str
     queue: QueueOptions = QueueOptions()
     control_socket: str = DEFAULT_CONTROL_SOCKET
+    # our extension `stats persistent "PATH"`: keep stat history in SQLite
+    stats_path: str | None = None
     listeners: tuple[Listener, ...] = ()
     tables: Mapping[str, TableDef] = field(default_factory=lambda: MappingProxyType({}))
     pkis: Mapping[str, Pki] = field(default_factory=lambda: MappingProxyType({}))

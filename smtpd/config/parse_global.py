@@ -126,6 +126,14 @@ def parse_control(cur: Cursor, b: Builder) -> None:
     cur.expect_end()
 
 
+def parse_stats(cur: Cursor, b: Builder) -> None:
+    """Our extension: `stats persistent "PATH"` keeps a history of every stat in
+    an SQLite file, so an operator can graph live profiling (the seed)."""
+    cur.expect("persistent")
+    b.stats_path = b.abspath(cur.value("stats database path"))
+    cur.expect_end()
+
+
 def parse_smtp(cur: Cursor, b: Builder) -> None:
     opt = cur.expect("limit", "ciphers", "max-message-size", "sub-addr-delim")
     s = b.smtp

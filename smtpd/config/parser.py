@@ -23,6 +23,7 @@ from smtpd.config.parse_global import (
     parse_scheduler,
     parse_smtp,
     parse_srs,
+    parse_stats,
     parse_table,
 )
 from smtpd.config.parse_listen import parse_listen
@@ -35,6 +36,7 @@ DIRECTIVES: dict[str, Directive] = {
     "bounce": parse_bounce,
     "ca": parse_ca,
     "control": parse_control,
+    "stats": parse_stats,
     "filter": parse_filter,
     "listen": parse_listen,
     "match": parse_match,

@@ -130,9 +130,14 @@ class ControlProcess(Child):
     needs = frozenset({Proc.PARENT})
     chrooted = True
 
+    def build_privileged(self) -> None:
+        # Opened before the chroot: afterwards only the open file is reachable.
+        path = self.config.stats_path
+        self.backend: StatBackend = (open_backend("persistent", path) if path
+                                     else open_backend("ramstat"))
+
     def build(self) -> None:
         self.started = time.time()
-        self.backend: StatBackend = open_backend("ramstat")
         self.listen_sock: socket.socket | None = None
         self.clients: set[ClientSession] = set()
         self.paused: set[str] = set(self.options.paused)
@@ -380,6 +385,9 @@ class ControlProcess(Child):
 
     def cmd_monitor(self, client: ClientSession) -> None:
         client.reply(self.stat_lines())
+
+    def on_stop(self) -> None:
+        self.backend.close()
 
     def cmd_stop(self, client: ClientSession) -> None:
         self.send(Proc.PARENT, Msg.CTL_STOP, Empty())

@@ -23,8 +23,11 @@ class PersistentStat:
     def __init__(self, path: str) -> None:
         self._ram = RamStat()
         self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # control opens the file before its chroot and keeps only this fd:
+        # no -wal/-journal side files (they would be created by path).  Stats
+        # are history, not mail: losing the last second in a crash is fine.
+        self._db.execute("PRAGMA journal_mode=MEMORY")
+        self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS samples (ts INTEGER, key TEXT, value INTEGER)")
         self._db.execute("CREATE INDEX IF NOT EXISTS samples_key_ts ON samples (key, ts)")
