@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smtpctl: {exc}", file=sys.stderr)
         print(usage(), file=sys.stderr)
         return 1
+    if command.client_side:  # encrypt: no daemon needed
+        from smtpctl.encrypt import run as encrypt
+        return encrypt(list(command.args))
     try:
         client = ControlClient(path)
     except ControlError as exc:

@@ -22,6 +22,7 @@ class Arg(enum.Enum):
     MSGID_OR_EVPID = "<msgid|evpid>"
     TABLE = "<table>"
     PAUSABLE = "mda|mta|smtp"
+    STRING = "<string>"
 
 
 _ID_RE = re.compile(r"^(all|[0-9a-fA-F]{1,8}|[0-9a-fA-F]{9,16})$")
@@ -46,6 +47,8 @@ def _matches(arg: Arg, word: str) -> bool:
             return bool(_TABLE_RE.match(word))
         case Arg.PAUSABLE:
             return word in ("mda", "mta", "smtp")
+        case Arg.STRING:
+            return True
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class CommandSpec:
     name: str
     mutates: bool  # needs root or the daemon's own uid (SO_PEERCRED)
     hidden: bool = False  # plumbing for sendmail(8), not shown in the usage
+    client_side: bool = False  # done by smtpctl itself, never sent to control
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,12 @@ class Command:
     name: str
     args: tuple[str, ...]
     mutates: bool
+    client_side: bool = False
 
 
 GRAMMAR: tuple[CommandSpec, ...] = (
+    CommandSpec(("encrypt",), "encrypt", False, client_side=True),
+    CommandSpec(("encrypt", Arg.STRING), "encrypt", False, client_side=True),
     CommandSpec(("enqueue",), "enqueue", False, hidden=True),
     CommandSpec(("log", "brief"), "log_brief", True),
     CommandSpec(("log", "verbose"), "log_verbose", True),
@@ -76,8 +83,12 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("resume", Arg.PAUSABLE), "resume", True),
     CommandSpec(("schedule", Arg.ID), "schedule", True),
     CommandSpec(("show", "envelope", Arg.EVPID), "show_envelope", True),
+    CommandSpec(("show", "hosts"), "show_hosts", False),
+    CommandSpec(("show", "hoststats"), "show_hoststats", False),
     CommandSpec(("show", "message", Arg.MSGID_OR_EVPID), "show_message", True),
     CommandSpec(("show", "queue"), "show_queue", False),
+    CommandSpec(("show", "relays"), "show_relays", False),
+    CommandSpec(("show", "routes"), "show_routes", False),
     CommandSpec(("show", "stats"), "show_stats", False),
     CommandSpec(("show", "status"), "show_status", False),
     CommandSpec(("stop",), "stop", True),
@@ -117,5 +128,5 @@ def parse(words: list[str] | tuple[str, ...]) -> Command:
             elif want != word:
                 break
         else:
-            return Command(spec.name, tuple(args), spec.mutates)
+            return Command(spec.name, tuple(args), spec.mutates, spec.client_side)
     raise GrammarError(f"invalid command: {' '.join(words) or '(none)'}")
