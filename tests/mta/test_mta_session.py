@@ -411,3 +411,13 @@ def test_read_error_mid_data_never_ends_the_message() -> None:
     assert result.results[0].status is Status.TEMPFAIL
     assert "Input/output error" in result.results[0].text
     assert not still_open and sink.messages == []
+
+
+def test_source_address() -> None:
+    sink = Sink(SinkConfig())
+    result = run(sink, lambda port: relay_one(port, config(source="127.0.0.1"), rcpts=RCPTS[:1]))
+    assert result.results[0].status is Status.OK
+    sink2 = Sink(SinkConfig())
+    with pytest.raises(SessionError, match=r"^421 4\.4\.1 "):  # not an address of ours
+        run(sink2, lambda port: MtaSession.open("127.0.0.1", port, config(source="192.0.2.1")))
+    assert sink2.connections == 0
