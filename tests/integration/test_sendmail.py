@@ -30,7 +30,11 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="delivers to root's Ma
 def shared() -> Iterator[Daemon]:
     """One daemon for the online tests; each test uses its own root+TAG."""
     workdir = temp_workdir()
-    d = start(Daemon(workdir, basic_config(workdir)))
+    (workdir / "aliases").write_text("postmaster: root\n")
+    config = (f"table aliases file:{workdir}/aliases\n"
+              + basic_config(workdir).replace('%{user.username}"',
+                                              '%{user.username}" alias <aliases>'))
+    d = start(Daemon(workdir, config))
     yield d
     d.kill_group()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -193,3 +197,34 @@ def test_offline_file_enqueued_once_at_next_start(workdir: Path) -> None:
         assert len(maildir_files(d.maildir / "root")) == 2
     finally:
         d.kill_group()
+
+
+def test_newaliases_checks_and_reloads_the_aliases_table(shared: Daemon) -> None:
+    aliases = shared.workdir / "aliases"
+    aliases.write_text("postmaster: root\nnewalias: root\n")
+    out = run(shared, "smtpctl.makemap", data=b"")  # no file: usage
+    assert out.returncode == 1 and b"usage: makemap" in out.stderr
+    out = run(shared, "smtpctl.sendmail", "-bi")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode() == f"{aliases}: 2 aliases\n"
+    assert b"not running" not in out.stderr
+    sent = sendmail(shared, "-f", "al@example.test", "newalias@localhost",
+                    data=b"Subject: alias\n\nx\n")
+    assert sent.returncode == 0, sent.stderr
+    def probe() -> list[EmailMessage] | None:
+        got = [m for m in map(read_mail, maildir_files(shared.maildir / "root"))
+               if m["Subject"] == "alias"]
+        return got or None
+    # the new alias exists: the table was reloaded (upstream's Delivered-To
+    # is the original recipient)
+    got = wait_until("mail through the new alias", probe)
+    assert {m["Delivered-To"] for m in got} == {"newalias@localhost"}
+    aliases.write_text("postmaster root\nbroken:\n")
+    bad = run(shared, "smtpctl.makemap", "-t", "aliases", str(aliases))
+    assert bad.returncode == 1 and b"invalid map entry" in bad.stderr
+
+
+def test_relay_views_are_empty_until_relaying(shared: Daemon) -> None:
+    for what in ("hosts", "relays", "routes", "hoststats"):
+        out = shared.smtpctl("show", what)
+        assert (out.returncode, out.stdout, out.stderr) == (0, "", ""), what
