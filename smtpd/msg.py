@@ -80,6 +80,8 @@ class Msg(enum.IntEnum):
     QUEUE_DELIVERY_START = 55
     PARENT_DELIVERY_RESULT = 56
     SCHEDULER_ENVELOPE_WARN = 57
+    QUEUE_MTA_TRANSFER = 58     # relay these envelopes of one message (fd: the message)
+    SMTP_MTA_RESULT = 59
     # smtpctl requests relayed by control, answered to control
     CTL_SCHEDULER_REQUEST = 70
     SCHEDULER_CTL_REPLY = 71
@@ -298,6 +300,22 @@ class ParentDeliveryResult:
 
 
 @dataclass(frozen=True, slots=True)
+class MtaTransfer:
+    """Envelopes of one message for one action and destination domain; the
+    frame's fd is the plaintext message (LF line endings)."""
+    reqid: int
+    dispatcher: str
+    domain: str
+    envelopes: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class MtaResult:
+    reqid: int
+    results: list[list[int | str]]   # [evpid, "ok"|"tempfail"|"permfail", reply text]
+
+
+@dataclass(frozen=True, slots=True)
 class CtlRequest:
     reqid: int
     verb: str             # e.g. "schedule", "remove", "pause", "list"
@@ -372,6 +390,8 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.SCHEDULER_ENVELOPE_WARN: Route(_SCH, _Q, Evpids),
     Msg.QUEUE_DELIVERY_RESULT: Route(_Q, _SCH, DeliveryResult),
     Msg.QUEUE_DELIVERY_START: Route(_Q, _P, DeliveryStart),
+    Msg.QUEUE_MTA_TRANSFER: Route(_Q, _S, MtaTransfer),
+    Msg.SMTP_MTA_RESULT: Route(_S, _Q, MtaResult),
     Msg.PARENT_DELIVERY_RESULT: Route(_P, _Q, ParentDeliveryResult),
     Msg.CTL_SCHEDULER_REQUEST: Route(_C, _SCH, CtlRequest),
     Msg.SCHEDULER_CTL_REPLY: Route(_SCH, _C, CtlReply),
@@ -396,7 +416,8 @@ ROUTES: Final[dict[Msg, Route]] = {
 # Messages whose frame must carry a file descriptor.
 WITH_FD: Final = frozenset({Msg.PARENT_LISTENER_SEND, Msg.PARENT_CONTROL_SOCKET_SEND,
                             Msg.QUEUE_MESSAGE_FD, Msg.QUEUE_DELIVERY_START,
-                            Msg.SMTP_CTL_ENQUEUE_FD, Msg.CTL_CLIENT_FD})
+                            Msg.SMTP_CTL_ENQUEUE_FD, Msg.CTL_CLIENT_FD,
+                            Msg.QUEUE_MTA_TRANSFER})
 
 
 def _routes_fingerprint() -> int:

@@ -34,6 +34,9 @@ from smtpd.msg import (
     MessageRef,
     MessageSchedule,
     Msg,
+    MsgError,
+    MtaResult,
+    MtaTransfer,
     ParentDeliveryResult,
     Proc,
     RcptCheck,
@@ -124,6 +127,8 @@ class QueueProcess(Child):
         h(Proc.SCHEDULER, Msg.SCHEDULER_ENVELOPE_REMOVE, self._on_remove)
         h(Proc.SCHEDULER, Msg.SCHEDULER_ENVELOPE_WARN, self._on_warn)
         h(Proc.PARENT, Msg.PARENT_DELIVERY_RESULT, self._on_delivery_result)
+        h(Proc.SMTP, Msg.SMTP_MTA_RESULT, self._on_mta_result)
+        self.transfers: dict[int, list[int]] = {}   # reqid -> evpids being relayed
         h(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._on_bounce_route)
         h(Proc.CONTROL, Msg.CTL_QUEUE_REQUEST, self._on_ctl)
 
@@ -237,12 +242,15 @@ class QueueProcess(Child):
                   DeliveryResult(evpid, status, info, text))
 
     def _on_deliver(self, req: Evpids, _frame: Frame) -> None:
+        relays: dict[tuple[int, str, str], list[Envelope]] = {}
         for evpid in req.evpids:
             env = self._load(evpid)
             if env is None:
                 continue
             if env.type is DeliveryType.MTA:
-                self._tempfail(env, "451 4.3.0 Relaying is not implemented yet")
+                # one transfer per message, action and destination domain
+                domain = env.dest.rpartition("@")[2].lower()
+                relays.setdefault((env.msgid, env.dispatcher, domain), []).append(env)
                 continue
             if env.type is DeliveryType.BOUNCE:
                 self._tempfail(env, "451 4.3.0 Bounce envelope waiting")
@@ -265,28 +273,66 @@ class QueueProcess(Child):
             self.inflight[evpid] = time.monotonic()
             self.send(Proc.PARENT, Msg.QUEUE_DELIVERY_START,
                       DeliveryStart(evpid, dump_envelope(env).decode()), fd=fd)
+        for (msgid, dispatcher, domain), envs in relays.items():
+            self._transfer(msgid, dispatcher, domain, envs)
+
+    # -- relaying (issue 7): the smtp process talks to the next hop --------------
+
+    def _transfer(self, msgid: int, dispatcher: str, domain: str, envs: list[Envelope]) -> None:
+        try:
+            fd = self.front.message_fd_for_delivery(msgid)
+        except QueueCorrupt as exc:
+            self.front.corrupt(msgid, str(exc))
+            for env in envs:
+                self._report(env.evpid, "permfail", f"554 5.3.0 {exc}", env)
+            return
+        except (OSError, QueueError) as exc:
+            for env in envs:
+                self._tempfail(env, f"451 4.3.0 Queue error: {exc}")
+            return
+        reqid = self.next_reqid
+        self.next_reqid += 1
+        for env in envs:
+            self.inflight[env.evpid] = time.monotonic()
+        self.transfers[reqid] = [e.evpid for e in envs]
+        self.send(Proc.SMTP, Msg.QUEUE_MTA_TRANSFER, MtaTransfer(
+            reqid, dispatcher, domain, [dump_envelope(e).decode() for e in envs]), fd=fd)
+
+    def _on_mta_result(self, res: MtaResult, _frame: Frame) -> None:
+        expected = set(self.transfers.pop(res.reqid, ()))
+        for item in res.results:
+            evpid, status, text = item
+            if not (isinstance(evpid, int) and isinstance(status, str)
+                    and isinstance(text, str)) or evpid not in expected:
+                raise MsgError(f"SMTP_MTA_RESULT: bad result {item!r}")
+            expected.discard(evpid)
+            self._finish(evpid, status, text, relayed=True)
+        for evpid in expected:  # smtp must answer for every envelope it was given
+            self._finish(evpid, "tempfail", "451 4.3.0 No result from the relay", relayed=True)
 
     def _on_delivery_result(self, res: ParentDeliveryResult, _frame: Frame) -> None:
-        started = self.inflight.pop(res.evpid, None)
-        env = self._load(res.evpid)
+        self._finish(res.evpid, res.status, res.text, relayed=False)
+
+    def _finish(self, evpid: int, status: str, text: str, *, relayed: bool) -> None:
+        """A delivery attempt ended: remove, retry later, or bounce."""
+        started = self.inflight.pop(evpid, None)
+        env = self._load(evpid)
         if env is None:
             return
-        delay = int(time.time()) - env.ctime
-        ok = res.status == "ok"
-        self.log.info("%016x mda delivery evpid=%016x from=<%s> to=<%s> rcpt=<%s> user=%s "
-                      "delay=%ds result=%s stat=%s", res.evpid, res.evpid, env.sender,
-                      env.dest, env.rcpt, env.mda_user, delay,
-                      {"ok": "Ok", "tempfail": "TempFail"}.get(res.status, "PermFail"),
-                      res.text)
+        if not relayed:  # the smtp process logs its own `mta delivery` lines
+            self.log.info("%016x mda delivery evpid=%016x from=<%s> to=<%s> rcpt=<%s> "
+                          "user=%s delay=%ds result=%s stat=%s", evpid, evpid, env.sender,
+                          env.dest, env.rcpt, env.mda_user, int(time.time()) - env.ctime,
+                          {"ok": "Ok", "tempfail": "TempFail"}.get(status, "PermFail"), text)
         if started is not None:
             self.stats.observe("queue.delivery.latency", int((time.monotonic() - started) * 1e9))
-        if ok:
+        if status == "ok":
             self._delete(env)
-            self._report(env.evpid, "ok", res.text, env)
-        elif res.status == "tempfail":
-            self._tempfail(env, res.text)
+            self._report(env.evpid, "ok", text, env)
+        elif status == "tempfail":
+            self._tempfail(env, text)
         else:
-            self._permfail(env, res.text, DsnKind.FAILED)
+            self._permfail(env, text, DsnKind.FAILED)
 
     def _tempfail(self, env: Envelope, text: str) -> None:
         env = dataclasses.replace(env, retry=env.retry + 1, lasttry=int(time.time()),

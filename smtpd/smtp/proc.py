@@ -31,6 +31,8 @@ from smtpd.msg import (
     MessageCreated,
     MessageRef,
     Msg,
+    MtaResult,
+    MtaTransfer,
     PauseSet,
     Proc,
     RcptCheck,
@@ -39,6 +41,7 @@ from smtpd.msg import (
     RequestFailed,
 )
 from smtpd.proc import Child
+from smtpd.smtp.mta import MtaSide
 from smtpd.smtp.protocol import ProtocolLimits
 from smtpd.smtp.reply import Reply
 from smtpd.smtp.session import QUEUE_UNAVAILABLE, Session, reply_from_line
@@ -96,6 +99,8 @@ class SmtpProcess(Child):
         self.handle(Proc.LOOKUP, Msg.LOOKUP_HOST_RESULT, self._resolve)
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_PAUSE, self._on_pause)
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_ENQUEUE, self._on_enqueue)
+        self.handle(Proc.QUEUE, Msg.QUEUE_MTA_TRANSFER, self._on_transfer)
+        self.mta = MtaSide(self)
 
     def runtime_for(self, listener: Listener) -> ListenerRuntime:
         cfg = self.config
@@ -128,6 +133,7 @@ class SmtpProcess(Child):
         self.listen_socks.append((sock, self.runtime_for(listener)))
 
     def on_live(self) -> None:
+        self.mta.start([s.getsockname()[:2] for s, _ in self.listen_socks])
         self.stats.set("smtp.session", 0)
         self._start_accepting()
 
@@ -211,6 +217,22 @@ class SmtpProcess(Child):
         finally:
             self.stats.decrement("smtp.session")
             self.stats.decrement(f"smtp.session.{family}")
+
+    def _on_transfer(self, req: MtaTransfer, frame: Frame) -> None:
+        assert frame.fd is not None
+        self.stats.increment("mta.task.running")
+
+        async def run(fd: int) -> None:
+            try:
+                results = await self.mta.transfer(req.dispatcher, req.domain, req.envelopes, fd)
+            finally:
+                self.stats.decrement("mta.task.running")
+            self.send(Proc.QUEUE, Msg.SMTP_MTA_RESULT, MtaResult(req.reqid, results))
+            self.stats.increment("mta.envelope", len(results))
+
+        task = self.loop.create_task(run(frame.fd))
+        self.sessions.add(task)
+        task.add_done_callback(self.sessions.discard)
 
     def _on_enqueue(self, req: EnqueueRequest, _frame: Frame) -> None:
         """A local submission: serve one end of a socketpair as a session of
