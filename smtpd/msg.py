@@ -90,6 +90,8 @@ class Msg(enum.IntEnum):
     CTL_SMTP_PAUSE = 74
     CTL_LOOKUP_REQUEST = 75
     LOOKUP_CTL_REPLY = 76
+    CTL_SMTP_REQUEST = 79
+    SMTP_CTL_REPLY = 80
     CTL_SMTP_ENQUEUE = 77       # a local submission: smtp opens a session ...
     SMTP_CTL_ENQUEUE_FD = 78    # ... and hands one end of a socketpair back
     # smtpctl client <-> control (untrusted peer)
@@ -400,6 +402,8 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.CTL_SMTP_PAUSE: Route(_C, _S, PauseSet),
     Msg.CTL_LOOKUP_REQUEST: Route(_C, _L, CtlRequest),
     Msg.CTL_SMTP_ENQUEUE: Route(_C, _S, EnqueueRequest),
+    Msg.CTL_SMTP_REQUEST: Route(_C, _S, CtlRequest),
+    Msg.SMTP_CTL_REPLY: Route(_S, _C, CtlReply),
     Msg.SMTP_CTL_ENQUEUE_FD: Route(_S, _C, Request),
     Msg.LOOKUP_CTL_REPLY: Route(_L, _C, CtlReply),
     Msg.CLIENT_HELLO: Route(frozenset({Proc.CLIENT}), frozenset({Proc.CONTROL}), ClientHello),

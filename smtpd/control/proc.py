@@ -146,6 +146,7 @@ class ControlProcess(Child):
         self.handle(Proc.QUEUE, Msg.QUEUE_CTL_REPLY, self._on_ctl_reply)
         self.handle(Proc.LOOKUP, Msg.LOOKUP_CTL_REPLY, self._on_ctl_reply)
         self.handle(Proc.SMTP, Msg.SMTP_CTL_ENQUEUE_FD, self._on_enqueue_fd)
+        self.handle(Proc.SMTP, Msg.SMTP_CTL_REPLY, self._on_ctl_reply)
         self.enqueues: dict[int, ClientSession] = {}
         # reqid -> what to do with the lines of the answer once done
         self.requests: dict[int, PendingRequest] = {}
@@ -277,7 +278,7 @@ class ControlProcess(Child):
         self.next_reqid += 1
         self.requests[reqid] = PendingRequest(client, on_done)
         msg = {Proc.SCHEDULER: Msg.CTL_SCHEDULER_REQUEST, Proc.QUEUE: Msg.CTL_QUEUE_REQUEST,
-               Proc.LOOKUP: Msg.CTL_LOOKUP_REQUEST}[peer]
+               Proc.LOOKUP: Msg.CTL_LOOKUP_REQUEST, Proc.SMTP: Msg.CTL_SMTP_REQUEST}[peer]
         self.send(peer, msg, CtlRequest(reqid, verb, args))
 
     def _on_ctl_reply(self, payload: CtlReply, _frame: Frame) -> None:
@@ -353,6 +354,18 @@ class ControlProcess(Child):
             return
         client.channel.send(int(Msg.CTL_CLIENT_FD), encode(Empty()), fd=frame.fd)
         client.reply([])
+
+    def cmd_show_hoststats(self, client: ClientSession) -> None:
+        self._relay(client, Proc.SMTP, "hoststats")
+
+    def cmd_show_relays(self, client: ClientSession) -> None:
+        self._relay(client, Proc.SMTP, "relays")
+
+    def cmd_show_routes(self, client: ClientSession) -> None:
+        self._relay(client, Proc.SMTP, "routes")
+
+    def cmd_show_hosts(self, client: ClientSession) -> None:
+        self._relay(client, Proc.SMTP, "hosts")
 
     def cmd_update_table(self, client: ClientSession, name: str) -> None:
         self._relay(client, Proc.LOOKUP, "update-table", name)

@@ -76,6 +76,16 @@ class MtaSide:
             result = await self.relayer.relay(route, domain, envelopes, message)
         return [[r.evpid, r.status.value, r.text] for r in result.results]
 
+    def ctl(self, verb: str) -> tuple[int, list[str]]:
+        """`smtpctl show hoststats|relays|routes|hosts`: what the relay knows."""
+        if self.relayer is None:
+            return 0, []
+        view = getattr(self.relayer, f"show_{verb}", None)
+        if view is None:
+            return 1, [f"smtpctl: unknown smtp request {verb}"]
+        lines: list[str] = view()
+        return 0, lines
+
     async def close(self) -> None:
         if self.relayer is not None:
             await self.relayer.close()

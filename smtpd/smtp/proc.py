@@ -22,6 +22,8 @@ from smtpd.config.model import AuthMode, Listener, TlsMode
 from smtpd.msg import (
     AuthCheck,
     AuthResult,
+    CtlReply,
+    CtlRequest,
     EnqueueRequest,
     HostLookup,
     HostResult,
@@ -100,6 +102,7 @@ class SmtpProcess(Child):
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_PAUSE, self._on_pause)
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_ENQUEUE, self._on_enqueue)
         self.handle(Proc.QUEUE, Msg.QUEUE_MTA_TRANSFER, self._on_transfer)
+        self.handle(Proc.CONTROL, Msg.CTL_SMTP_REQUEST, self._on_ctl)
         self.mta = MtaSide(self)
 
     def runtime_for(self, listener: Listener) -> ListenerRuntime:
@@ -233,6 +236,10 @@ class SmtpProcess(Child):
         task = self.loop.create_task(run(frame.fd))
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
+
+    def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
+        status, lines = self.mta.ctl(req.verb)
+        self.send(Proc.CONTROL, Msg.SMTP_CTL_REPLY, CtlReply(req.reqid, status, lines, True))
 
     def _on_enqueue(self, req: EnqueueRequest, _frame: Frame) -> None:
         """A local submission: serve one end of a socketpair as a session of
