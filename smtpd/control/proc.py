@@ -405,19 +405,3 @@ class ControlProcess(Child):
     def cmd_stop(self, client: ClientSession) -> None:
         self.send(Proc.PARENT, Msg.CTL_STOP, Empty())
         client.reply(["Shutting down smtpd"])
-
-    # -- the relay's views (smtpctl.c do_show_hosts/relays/routes/hoststats) --
-    # Upstream asks the mta for one line per host, relay, route or domain.
-    # Until relaying lands nothing is connected or routed: empty, exit 0.
-
-    def cmd_show_hosts(self, client: ClientSession) -> None:
-        client.reply([])
-
-    def cmd_show_relays(self, client: ClientSession) -> None:
-        client.reply([])
-
-    def cmd_show_routes(self, client: ClientSession) -> None:
-        client.reply([])
-
-    def cmd_show_hoststats(self, client: ClientSession) -> None:
-        client.reply([])
