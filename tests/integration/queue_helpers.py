@@ -55,8 +55,8 @@ def show_queue(d: Daemon) -> list[QueueLine]:
     return [parse_queue_line(x) for x in out.stdout.splitlines() if x]
 
 
-# Logged once the queue is live and has emptied incoming/ (see
-# test_queue_startup.py: a message sent before that can be wiped).
+# Logged once the queue has loaded the spool into the scheduler: tests that
+# count envelopes or deliveries start from a settled daemon.
 QUEUE_LIVE = "envelopes loaded from the spool"
 
 

@@ -5,6 +5,7 @@ DSN (RFC 3464), and an envelope whose `queue ttl` runs out gives the
 
 from __future__ import annotations
 
+import smtplib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -196,3 +197,39 @@ def test_expiry_sends_delayed_notice(workdir: Path) -> None:
         assert len(maildir_files(s.root_mail)) == 1
     finally:
         d.kill_group()
+
+
+def test_partial_failure_bounces_only_the_failed_recipient(setup: Setup) -> None:
+    d = setup.daemon
+    send(d.port, ROOT, ["perm@localhost", ROOT], "Subject: half\n\nx\n")
+    files = wait_mails(setup.root_mail, 2, 10)  # the message itself and the bounce
+    wait_until("an empty queue", lambda: show_queue(d) == [] or None, 5)
+    by_subject = {str(read_mail(f)["Subject"]): read_mail(f) for f in files}
+    assert set(by_subject) == {"half", "Delivery status notification: failed"}
+    dsn = by_subject["Delivery status notification: failed"]
+    blocks = _status_fields(_parts(dsn)["message/delivery-status"])
+    assert [b["Final-Recipient"] for b in blocks[1:]] == ["rfc822; nobody@localhost"]
+
+
+def _send_raw(port: int, mail: str, rcpt: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo("client.test")
+        assert s.docmd(f"MAIL FROM:{mail}")[0] == 250
+        assert s.docmd(f"RCPT TO:{rcpt}")[0] == 250
+        code, _ = s.data(b"Subject: no dsn\r\n\r\nx\r\n")
+        assert code == 250
+
+
+@pytest.mark.parametrize(("mail", "rcpt"), [
+    ("<>", "<perm@localhost>"),
+    (f"<{ROOT}>", "<perm@localhost> NOTIFY=NEVER"),
+], ids=["null-sender", "notify-never"])
+def test_no_dsn_when_none_is_allowed(setup: Setup, mail: str, rcpt: str) -> None:
+    # RFC 5321 §4.5.5: never bounce to <>; RFC 3461 §4.1: NOTIFY=NEVER
+    d = setup.daemon
+    _send_raw(d.port, mail, rcpt)
+    d.wait_for(r"result=PermFail stat=550 5.3.0 no such mailbox here", 10)
+    wait_until("an empty queue", lambda: show_queue(d) == [] or None, 5)
+    time.sleep(0.5)
+    assert maildir_files(setup.root_mail) == []
+    assert "bounce failed to=" not in d.log_text()

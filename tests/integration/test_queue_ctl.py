@@ -161,3 +161,34 @@ def test_paused_envelope_shows_suspend(paused: Daemon) -> None:
     out = d.smtpctl("resume", "envelope", eva)
     assert (out.returncode, out.stdout) == (0, "1 envelope resumed\n")
     assert {q.evpid: q for q in show_queue(d)}[eva].flags == ""
+
+
+def test_show_envelope_and_message(paused: Daemon) -> None:
+    d = paused
+    msgid = send(d.port, "sender@client.test", [ROOT],
+                 "Subject: shown\nMessage-ID: <shown@client.test>\n\nline one\n")
+    (q,) = _queued(d, 1)
+    out = d.smtpctl("show", "envelope", q.evpid)
+    assert out.returncode == 0, out.stderr
+    fields = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    # COMPAT.md: 6.8's `show envelope` keys
+    for key in ("version", "dispatcher", "type", "smtpname", "helo", "hostname", "sockaddr",
+                "sender", "rcpt", "dest", "ctime", "last-try", "last-bounce", "ttl", "retry",
+                "dsn-notify", "mda-user"):
+        assert key in fields or f"{key}:" in out.stdout, (key, out.stdout)
+    assert fields["version"] == "3"
+    assert fields["dispatcher"] == "local"
+    assert fields["type"] == "mda"
+    assert fields["sender"] == "sender@client.test"
+    assert fields["rcpt"] == ROOT
+    assert fields["helo"] == "client.test"
+
+    for ident in (q.evpid, msgid):
+        out = d.smtpctl("show", "message", ident)
+        assert out.returncode == 0, out.stderr
+        assert f"id {msgid}" in out.stdout  # the Received header we added
+        assert "Message-ID: <shown@client.test>" in out.stdout
+        assert out.stdout.rstrip("\n").endswith("line one")
+
+    out = d.smtpctl("show", "envelope", "0123456789abcdef")
+    assert out.returncode != 0
