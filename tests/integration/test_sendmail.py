@@ -4,6 +4,7 @@ daemon: the message goes in on stdin, comes out of root's Maildir."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -183,18 +184,31 @@ def test_offline_file_enqueued_once_at_next_start(workdir: Path) -> None:
     first, rest = saved.read_bytes().split(b"\n", 1)
     assert first == b"-t" and b"Date: " in rest and b"kept" in rest
     (offline / "broken").write_bytes(b"no argument line")
+    # a file of another user is submitted as that user (getpwuid, setuid)
+    nobody = pwd.getpwnam("nobody")
+    theirs = offline / "1.nobody"
+    theirs.write_bytes(b"root+nb@localhost\nSubject: from nobody\n\nhi\n")
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    stranger = offline / "2.stranger"
+    stranger.write_bytes(b"root+st@localhost\nSubject: x\n\nx\n")
+    os.chown(stranger, 54321, 54321)
     try:
         start(d)
         (m,) = mails_for(d, "off")
         assert m["Subject"] == "offline" and m["Bcc"] is None and body(m) == "kept\n"
         mails_for(d, "offbcc")  # Bcc recipients survive the offline detour
         wait_until("offline/ emptied", lambda: not list(offline.iterdir()))
-        assert (d.spool / "offline-failed" / "broken").exists()
+        (nb,) = mails_for(d, "nb")
+        assert nb["Return-Path"] == "<nobody@localhost>"
+        assert nb["From"] == "nobody <nobody@localhost>"
+        assert {p.name for p in (d.spool / "offline-failed").iterdir()} == {
+            "broken", "2.stranger"}
         d.wait_for("offline message broken: no argument line")
+        d.wait_for("offline message 2.stranger: getpwuid for uid 54321 failed")
         d.stop()
         start(d)  # nothing is submitted twice
         d.wait_for("envelopes loaded")
-        assert len(maildir_files(d.maildir / "root")) == 2
+        assert len(maildir_files(d.maildir / "root")) == 3
     finally:
         d.kill_group()
 
