@@ -1,14 +1,70 @@
 """mailq(8): upstream's mailq is `smtpctl show queue`, same lines:
 
     evpid|family|type|flags|sender|rcpt|dest|ctime|expire|lasttry|retry|runstate|delay|error
+
+When the daemon is not running, upstream reads the spool itself (root
+only): so does this, with "offline|" as run state and no delay, for plain
+and gzip-compressed envelopes; an encrypted one is reported and skipped
+("offline encrypted queue is not supported yet", as upstream).
 """
 
 from __future__ import annotations
 
+import gzip
+import os
+import re
 import sys
+from collections.abc import Iterator
 
 from smtpctl.client import ControlClient, ControlError
 from smtpctl.localconf import load_local
+from smtpd.queue.envelope import Envelope, EnvelopeError, EnvelopeFlag, load_envelope
+
+_EVPID_RE = re.compile(r"^[0-9a-f]{16}$")
+GZIP_MAGIC = b"\x1f\x8b"
+ENCRYPTED_MAGIC = b"\x01"
+_FLAG_NAMES = ((EnvelopeFlag.BOUNCE, "bounce"), (EnvelopeFlag.AUTHENTICATED, "auth"),
+               (EnvelopeFlag.INTERNAL, "internal"))
+
+
+def queue_line(env: Envelope, runstate: str) -> str:
+    """smtpctl.c show_queue_envelope(); runstate is "pending|N",
+    "inflight|N" or "offline|"."""
+    family = "local" if env.sockaddr == "local" else (
+        "inet6" if env.sockaddr.startswith("[") else "inet4")
+    # getflag() order and names: bounce, auth, internal
+    flags = ",".join(name for flag, name in _FLAG_NAMES if flag in env.flags)
+    return "|".join([
+        f"{env.evpid:016x}", family, env.type.value, flags, env.sender, env.rcpt, env.dest,
+        str(env.ctime), str(env.expire), str(env.lasttry), str(env.retry), runstate,
+        env.errorline])
+
+
+def offline_lines(spool: str) -> Iterator[str]:
+    """The spool's envelopes read directly (do_show_queue without a daemon)."""
+    queue = os.path.join(spool, "queue")
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    for root, dirs, files in os.walk(queue, onerror=fail):
+        dirs.sort()
+        for name in sorted(files):
+            if not _EVPID_RE.match(name):
+                continue
+            with open(os.path.join(root, name), "rb") as f:
+                data = f.read()
+            if data.startswith(ENCRYPTED_MAGIC):
+                print("mailq: offline encrypted queue is not supported yet", file=sys.stderr)
+                continue
+            try:
+                if data.startswith(GZIP_MAGIC):
+                    data = gzip.decompress(data)
+                env = load_envelope(data, evpid=int(name, 16))
+            except (EnvelopeError, OSError, EOFError) as exc:
+                print(f"mailq: {name}: {exc}", file=sys.stderr)
+                continue
+            yield queue_line(env, "offline|")
 
 
 def mailq(config: str | None = None) -> int:
@@ -16,8 +72,13 @@ def mailq(config: str | None = None) -> int:
     try:
         client = ControlClient(local.socket)
     except ControlError:
-        print("mailq: smtpd doesn't seem to be running", file=sys.stderr)
-        return 1
+        try:
+            for line in offline_lines(local.spool):
+                print(line)
+        except OSError as exc:
+            print(f"mailq: {local.spool}: {exc.strerror}", file=sys.stderr)
+            return 1
+        return 0
     try:
         status, out, err = client.run(["show", "queue"])
     except ControlError as exc:

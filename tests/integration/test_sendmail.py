@@ -238,7 +238,20 @@ def test_newaliases_checks_and_reloads_the_aliases_table(shared: Daemon) -> None
     assert bad.returncode == 1 and b"invalid map entry" in bad.stderr
 
 
-def test_relay_views_are_empty_until_relaying(shared: Daemon) -> None:
-    for what in ("hosts", "relays", "routes", "hoststats"):
-        out = shared.smtpctl("show", what)
-        assert (out.returncode, out.stdout, out.stderr) == (0, "", ""), what
+def test_mailq_reads_the_spool_when_the_daemon_is_down(workdir: Path) -> None:
+    d = Daemon(workdir, basic_config(workdir), args=("-P", "mda"))
+    try:
+        start(d)
+        out = sendmail(d, "-f", "down@example.test", "root+down@localhost",
+                       data=b"Subject: down\n\nx\n")
+        assert out.returncode == 0, out.stderr
+        d.stop()
+        listing = run(d, "smtpctl.mailq")
+        assert listing.returncode == 0, listing.stderr
+        (line,) = listing.stdout.decode().splitlines()
+        fields = line.split("|")
+        # smtpctl.c getflag(): a local submission is authenticated, "auth"
+        assert fields[1:6] == ["local", "mda", "auth", "down@example.test", "root+down@localhost"]
+        assert fields[11:] == ["offline", "", ""]
+    finally:
+        d.kill_group()
