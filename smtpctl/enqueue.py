@@ -14,6 +14,7 @@ final MTA adds Return-Path), and dot-stuffing (RFC 5321 §4.5.2).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -242,10 +243,22 @@ class Added:
     date: str
 
 
+_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]')
+
+
+def display_name(name: str) -> str:
+    """-F or GECOS as an RFC 5322 §3.4 display-name: a quoted-string when it
+    holds specials ("Doe, John"); line breaks never reach the header."""
+    name = " ".join(name.split())
+    if _SPECIALS.search(name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
 def added_headers(s: Scan, added: Added) -> list[bytes]:
     lines: list[str] = []
     if not s.saw_from:
-        name = f"{added.fromname} " if added.fromname else ""
+        name = f"{display_name(added.fromname)} " if added.fromname else ""
         lines.append(f"From: {name}<{added.sender}>")
     if not s.saw_date:
         lines.append(f"Date: {added.date}")

@@ -388,6 +388,11 @@ def send(argv: list[str], o: Opts, local: Local, stdin: BinaryIO, err: TextIO,
         print(f"sendmail: {exc}", file=err)
         return 1
     rcpts = recipients(o, s, local.hostname)
+    words = [sender, *rcpts, o.dsn_notify or "", o.dsn_ret or "", o.dsn_envid or ""]
+    if any(c in word for word in words for c in "\r\n\0"):
+        # they go on SMTP command lines: never a second command
+        print("sendmail: line break or NUL in an address or DSN parameter", file=err)
+        return 1
     if not rcpts:
         print("sendmail: no recipients", file=err)
         return os.EX_SOFTWARE

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from smtpctl.enqueue import Added, AddressError, data_lines, qp_encode, scan
+from smtpctl.localconf import Local
 from smtpctl.sendmail import (
     Identity,
     Mode,
@@ -23,6 +24,7 @@ from smtpctl.sendmail import (
     parse_args,
     recipients,
     run_offline,
+    send,
     write_offline,
 )
 
@@ -167,3 +169,23 @@ def test_replay_without_daemon_is_a_tempfail(tmp_path: Path) -> None:
                        str(tmp_path / "no.sock"), "h.test", err)
     assert code == os.EX_TEMPFAIL
     assert run_offline(["-bs"], io.BytesIO(b""), "x", "h", err) == os.EX_USAGE
+
+
+@pytest.mark.parametrize(("name", "header"), [
+    ("Full Name", b"From: Full Name <me@host.test>\r\n"),
+    ("Doe, John", b'From: "Doe, John" <me@host.test>\r\n'),
+    ('Say "hi"', b'From: "Say \\"hi\\"" <me@host.test>\r\n'),
+    ("Two\nLines", b"From: Two Lines <me@host.test>\r\n"),
+])
+def test_display_name_is_quoted_and_single_line(name: str, header: bytes) -> None:
+    s = scan(lines("Subject: s\n\nx\n"), tflag=False, get_from=True)
+    added = Added("me@host.test", name, "D")
+    assert next(data_lines(s, added)) == header
+
+
+def test_line_breaks_never_reach_smtp_commands(tmp_path: Path) -> None:
+    err = io.StringIO()
+    o = parse_args(["-f", "a@x.test>\r\nRCPT TO:<evil@x.test", "r@x.test"])
+    local = Local(str(tmp_path / "sock"), str(tmp_path), "h.test", None)
+    code = send([], o, local, io.BytesIO(b"Subject: s\n\nx\n"), err, offline_ok=False)
+    assert code == 1 and "line break" in err.getvalue()
