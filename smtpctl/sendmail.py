@@ -50,6 +50,7 @@ from smtpctl.localconf import Local, load_local
 OPTIONS = "A:B:b:C:E::e:F:f:iJ::L:mN:o:p:qr:R:StvV:x"
 USAGE = "usage: sendmail [-tv] [-f from] [-F name] to ..."
 CHUNK = 64 * 1024
+SESSION_TIMEOUT = 300.0  # a stuck daemon is a failure, not a hang
 
 
 class UsageError(Exception):
@@ -245,6 +246,7 @@ class Dialogue:
     sides of the exchange."""
 
     def __init__(self, sock: socket.socket, verbose: bool, err: TextIO) -> None:
+        sock.settimeout(SESSION_TIMEOUT)
         self.sock = sock
         self.rfile = sock.makefile("rb")
         self.verbose = verbose

@@ -41,6 +41,7 @@ from smtpctl import sendmail  # imported before the fork: the child may not read
 from smtpd.config.model import Config
 
 MAX_RUNNING = 5
+REPLAY_TIMEOUT = 300  # seconds, as upstream's forked helpers
 MAX_ARGS_LINE = 64 * 1024
 ERROR_LIMIT = 4096
 FAILED_DIR = "offline-failed"
@@ -214,6 +215,7 @@ def _child_main(p: Prepared, wfd: int, socket_path: str,
         for name in _RESET_SIGNALS:
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         os.setsid()
+        signal.alarm(REPLAY_TIMEOUT)  # never a child left behind by a stuck session
         os.dup2(p.fd, 0)
         os.dup2(wfd, 2)
         devnull = os.open(os.devnull, os.O_WRONLY)
