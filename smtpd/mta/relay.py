@@ -11,6 +11,15 @@ no for good).  A session that delivered stays open for ``idle`` seconds
 and carries the next message for the same route and domain (RSET between
 them), up to ``max_messages`` per connection (upstream's
 max_mail_per_session, 100).  Log lines are upstream's (logfmt).
+
+Limits and back-off (registry.Limits): a transfer that would exceed the
+sessions allowed per host or per domain waits for a free slot (closing an
+idle session of another relay that holds one) instead of connecting.  A
+host whose connection or greeting failed is skipped until its back-off
+ends; when every host of a route is backed off the envelopes fail
+temporarily at once with BACKOFF, without a connection.  ``show_*``
+answer smtpctl's views and ``stat(key, value)`` receives upstream's
+``mta.*`` gauges whenever they change.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from typing import BinaryIO
 import dns.asyncresolver
 
 from smtpd.lookup.mx import RouteError
-from smtpd.mta import logfmt
-from smtpd.mta.connect import Target, open_session, scheme, targets_for
+from smtpd.mta import logfmt, views
+from smtpd.mta.connect import Target, scheme, targets_for
 from smtpd.mta.envelopes import send_envelopes
+from smtpd.mta.registry import HostState, Limits, Registry, RelayState
 from smtpd.mta.routing import Route
 from smtpd.mta.session import MtaSession
 from smtpd.mta.transfer import (
@@ -40,12 +50,30 @@ from smtpd.mta.transfer import (
 )
 from smtpd.queue.envelope import Envelope
 
+BACKOFF = "451 4.4.1 Host temporarily unavailable, backing off"
+
+# A waiter re-checks this often even without a wake-up: a safety net, the
+# releases wake it at once.
+_RECHECK = 1.0
+
 
 @dataclass
-class _Idle:
+class _Conn:
+    """An open session and the slots it holds."""
+
     session: MtaSession
     target: Target
     ident: int
+    key: str  # idle pool key: sessions are reused within it
+    relay: RelayState
+    domain: str  # the domain whose limit it counts in
+    host: HostState
+    released: bool = False
+
+
+@dataclass
+class _Idle:
+    conn: _Conn
     handle: asyncio.TimerHandle
 
 
@@ -53,110 +81,233 @@ class Relayer:
     def __init__(self, resolver: dns.asyncresolver.Resolver, *,
                  listeners: Sequence[tuple[str, int]] = (), timeouts: Timeouts | None = None,
                  mx_port: int = 25, idle: float = 5.0, max_messages: int = 100,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, limits: Limits | None = None,
+                 stat: Callable[[str, int], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.resolver = resolver
         self.listeners = tuple(listeners)
         self.timeouts = timeouts or Timeouts()
         self.mx_port = mx_port
         self.idle = idle
         self.max_messages = max_messages
+        self.registry = Registry(limits)
+        self.clock = clock
         self._log = log or (lambda line: None)
+        self._stat = stat
+        self._gauges: dict[str, int] = {}
         self._idle: dict[str, list[_Idle]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._changed()
 
     async def relay(self, route: Route, domain: str, envelopes: Sequence[Envelope],
                     message: BinaryIO) -> TransferResult:
         """Relay one message to ``envelopes`` (same msgid, sender, domain)."""
         if not envelopes:
             return TransferResult(())
-        key = f"{route.key}|{domain.lower()}"
-        reused = self._checkout(key)
-        if reused is not None:
-            session, target, ident = reused
+        domain = domain.lower()
+        key = f"{route.key}|{domain}"
+        if route.relay is None:
+            relay_key, limit_domain = key, domain
         else:
-            opened = await self._open(route, domain, envelopes)
-            if isinstance(opened, TransferResult):
-                return opened
-            session, target, ident = opened
-        result = await send_envelopes(session, envelopes, message)
-        self._log_results(ident, session, target, envelopes, result)
-        if session.is_open and session.messages < self.max_messages:
-            self._checkin(key, session, target, ident)
-        else:
-            self._quit(session)
-        return result
+            # every domain through one smarthost is one relay, as upstream
+            relay_key, limit_domain = route.key, route.relay.host.lower()
+        relay = self.registry.relay(relay_key, views.relay_text(route, domain), route.source)
+        self.registry.task_started(relay, limit_domain)
+        try:
+            got: _Conn | TransferResult | None = self._checkout(key)
+            if got is None:
+                got = await self._acquire(route, domain, envelopes, key, relay, limit_domain)
+            if isinstance(got, TransferResult):
+                return got
+            result = await send_envelopes(got.session, envelopes, message)
+            self._log_results(got, envelopes, result)
+            now = self.clock()
+            for r in result.results:
+                self.registry.hoststat(_domain_of(r.address), r.text, now)
+            if got.session.is_open and got.session.messages < self.max_messages:
+                self._checkin(got)
+            else:
+                self._quit(got)
+            return result
+        finally:
+            self.registry.task_done(relay, limit_domain)
+            self._changed()
 
-    async def _open(self, route: Route, domain: str, envelopes: Sequence[Envelope],
-                    ) -> tuple[MtaSession, Target, int] | TransferResult:
-        recipients = [(e.evpid, e.dest) for e in envelopes]
+    # -- getting a session --------------------------------------------------------
+
+    async def _acquire(self, route: Route, domain: str, envelopes: Sequence[Envelope],
+                       key: str, relay: RelayState, limit_domain: str,
+                       ) -> _Conn | TransferResult:
+        """An idle session of ``key`` or a new one within the limits, else
+        every envelope's result."""
         try:
             targets = await targets_for(route, domain, self.resolver, listeners=self.listeners,
                                         mx_port=self.mx_port)
         except RouteError as exc:
-            return self._fail(envelopes, recipients, exc.status, exc.text, "-")
+            return self._fail(envelopes, exc.status, exc.text, "-")
         ident = secrets.randbits(64)
+        reg = self.registry
+        tried: set[tuple[str, int]] = set()
+        error: SessionError | None = None
+        last: Target | None = None
+        while True:
+            reused = self._checkout(key)
+            if reused is not None:
+                relay.waiting.clear()
+                return reused
+            now = self.clock()
+            candidates = [t for t in targets if (t.address, t.port) not in tried
+                          and (t.address, t.port) in reg.usable([(t.address, t.port)], now)]
+            if not candidates:
+                relay.waiting.clear()
+                if error is not None and last is not None:
+                    where = logfmt.address_text(last.address, last.port)
+                    return self._fail(envelopes, Status.TEMPFAIL, error.text, where)
+                self._log(f"smtp-out: No valid route for {relay.text}: backing off")
+                return self._fail(envelopes, Status.TEMPFAIL, BACKOFF, "-")
+            domain_full = reg.domain_full(limit_domain)
+            free = None if domain_full else next(
+                (t for t in candidates if not reg.host_full((t.address, t.port))), None)
+            if free is not None:
+                relay.waiting.clear()
+                tried.add((free.address, free.port))
+                last = free
+                opened = await self._attempt(route, free, ident, key, relay, limit_domain)
+                if isinstance(opened, _Conn):
+                    return opened
+                error = opened
+                continue
+            # RFC 5321 §4.5.4.1 leaves concurrency to the client: wait for a slot
+            relay.waiting = {"LIMIT_DOMAIN" if domain_full else "LIMIT_HOST"}
+            blockers = {(t.address, t.port) for t in candidates}
+            if not self._evict_idle(limit_domain if domain_full else None, blockers):
+                await self._wait()
 
-        def connecting(t: Target) -> None:
-            self._log(logfmt.connecting_line(ident, scheme(route), t.address, t.port, t.host))
-
+    async def _attempt(self, route: Route, target: Target, ident: int, key: str,
+                       relay: RelayState, limit_domain: str) -> _Conn | SessionError:
+        reg = self.registry
+        host = reg.host(target.address, target.port, target.host)
+        was_failing = host.consecutive > 0
+        reg.attempt(relay, limit_domain, host)
+        self._changed()
+        self._log(logfmt.connecting_line(ident, scheme(route), target.address, target.port,
+                                         target.host))
+        config = route.session_config(self.timeouts, server_name=target.host)
         try:
-            session, target = await open_session(route, targets, timeouts=self.timeouts,
-                                                 on_connecting=connecting)
+            session = await MtaSession.open(target.host, target.port, config,
+                                            address=target.address)
         except SessionError as exc:
+            reg.release(relay, limit_domain, host)
+            interval = reg.failed(relay, host, exc.text, self.clock(),
+                                  backoff=exc.host_failure)
             self._log(logfmt.error_line(ident, exc.text))
-            relay = logfmt.address_text(targets[-1].address, targets[-1].port) if targets else "-"
-            return self._fail(envelopes, recipients, Status.TEMPFAIL, exc.text, relay)
+            if interval:
+                text = views.route_text(reg, reg.route(relay.source, (host.address, host.port)))
+                self._log(f"smtp-out: Disabling route {text} for {int(interval)}s")
+            self._wake()
+            self._changed()
+            return exc
+        reg.connected(relay, host, self.clock())
         self._log(logfmt.connected_line(ident))
-        return session, target, ident
+        if was_failing:
+            text = views.route_text(reg, reg.route(relay.source, (host.address, host.port)))
+            self._log(f"smtp-out: Enabling route {text}")
+        self._changed()
+        return _Conn(session, target, ident, key, relay, limit_domain, host)
 
-    def _fail(self, envelopes: Sequence[Envelope], recipients: list[tuple[int, str]],
-              status: Status, text: str, relay: str) -> TransferResult:
-        now = int(time.time())
+    async def _wait(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await asyncio.wait({fut}, timeout=_RECHECK)
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail(self, envelopes: Sequence[Envelope], status: Status, text: str,
+              relay: str) -> TransferResult:
+        now = int(self.clock())
         for e in envelopes:
             self._log(logfmt.delivery_line(0, e.evpid, e.sender, e.dest, e.rcpt, None, relay,
                                            now - e.ctime, status, text))
-        return fail_all([Recipient(evpid, dest) for evpid, dest in recipients], status, text)
+            self.registry.hoststat(_domain_of(e.dest), text, now)
+        return fail_all([Recipient(e.evpid, e.dest) for e in envelopes], status, text)
 
-    def _log_results(self, ident: int, session: MtaSession, target: Target,
-                     envelopes: Sequence[Envelope], result: TransferResult) -> None:
-        now = int(time.time())
+    def _log_results(self, conn: _Conn, envelopes: Sequence[Envelope],
+                     result: TransferResult) -> None:
+        now = int(self.clock())
+        target = conn.target
         relay = f"{target.host} {logfmt.address_text(target.address, target.port)}"
         by_id = {e.evpid: e for e in envelopes}
         for r in result.results:
             e = by_id[r.evpid]
-            self._log(logfmt.delivery_line(ident, e.evpid, e.sender, e.dest, e.rcpt,
-                                           session.local_address, relay, now - e.ctime,
+            self._log(logfmt.delivery_line(conn.ident, e.evpid, e.sender, e.dest, e.rcpt,
+                                           conn.session.local_address, relay, now - e.ctime,
                                            r.status, r.text))
 
     # -- idle sessions -----------------------------------------------------------
 
-    def _checkout(self, key: str) -> tuple[MtaSession, Target, int] | None:
+    def _checkout(self, key: str) -> _Conn | None:
         pool = self._idle.get(key)
         while pool:
             idle = pool.pop()
             idle.handle.cancel()
-            if idle.session.is_open:
-                return idle.session, idle.target, idle.ident
+            if idle.conn.session.is_open:
+                if not pool:
+                    self._idle.pop(key, None)
+                return idle.conn
+            self._quit(idle.conn)
         self._idle.pop(key, None)
         return None
 
-    def _checkin(self, key: str, session: MtaSession, target: Target, ident: int) -> None:
-        handle = asyncio.get_running_loop().call_later(self.idle, self._expire, key, session)
-        entry = _Idle(session, target, ident, handle)
-        self._idle.setdefault(key, []).append(entry)
+    def _checkin(self, conn: _Conn) -> None:
+        handle = asyncio.get_running_loop().call_later(self.idle, self._expire, conn)
+        self._idle.setdefault(conn.key, []).append(_Idle(conn, handle))
+        # a transfer waiting for this key's slot can take the session now
+        self._wake()
 
-    def _expire(self, key: str, session: MtaSession) -> None:
-        pool = self._idle.get(key, [])
+    def _expire(self, conn: _Conn) -> None:
+        pool = self._idle.get(conn.key, [])
         for idle in pool:
-            if idle.session is session:
+            if idle.conn is conn:
                 pool.remove(idle)
-                self._quit(session)
+                self._quit(conn)
                 break
         if not pool:
-            self._idle.pop(key, None)
+            self._idle.pop(conn.key, None)
 
-    def _quit(self, session: MtaSession) -> None:
-        task = asyncio.get_running_loop().create_task(session.quit())
+    def _evict_idle(self, domain: str | None, hosts: set[tuple[str, int]]) -> bool:
+        """Close one idle session holding a slot a waiter needs: one of
+        ``domain`` (when the domain is full) or of one of ``hosts``."""
+        for key, pool in list(self._idle.items()):
+            for idle in pool:
+                c = idle.conn
+                if (c.domain == domain if domain is not None
+                        else (c.host.address, c.host.port) in hosts):
+                    idle.handle.cancel()
+                    pool.remove(idle)
+                    if not pool:
+                        self._idle.pop(key, None)
+                    self._quit(c)
+                    return True
+        return False
+
+    def _quit(self, conn: _Conn) -> None:
+        """QUIT in the background; the slots are free at once."""
+        if not conn.released:
+            conn.released = True
+            self.registry.release(conn.relay, conn.domain, conn.host)
+            self.registry.session_closed()
+            self._wake()
+            self._changed()
+        task = asyncio.get_running_loop().create_task(conn.session.quit())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -166,10 +317,42 @@ class Relayer:
 
     async def close(self) -> None:
         """QUIT every idle session and wait for the goodbyes."""
-        for pool in self._idle.values():
+        for pool in list(self._idle.values()):
             for idle in pool:
                 idle.handle.cancel()
-                self._quit(idle.session)
+                self._quit(idle.conn)
         self._idle.clear()
+        self._wake()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # -- views and stats -------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self.registry.prune(self.clock())
+        if self._stat is None:
+            return
+        for key, value in self.registry.gauges().items():
+            if self._gauges.get(key) != value:
+                self._gauges[key] = value
+                self._stat(key, value)
+
+    def show_hosts(self) -> list[str]:
+        self._changed()
+        return views.show_hosts(self.registry, self.clock())
+
+    def show_relays(self) -> list[str]:
+        self._changed()
+        return views.show_relays(self.registry, self.clock())
+
+    def show_routes(self) -> list[str]:
+        self._changed()
+        return views.show_routes(self.registry, self.clock())
+
+    def show_hoststats(self) -> list[str]:
+        self._changed()
+        return views.show_hoststats(self.registry)
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()

@@ -126,7 +126,8 @@ class MtaSession:
                     address or host, port, ssl=ctx, server_hostname=name if ctx else None,
                     local_addr=local)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise SessionError(f"421 4.4.1 Connection to {host} failed: {_reason(exc)}") from exc
+            raise SessionError(f"421 4.4.1 Connection to {host} failed: {_reason(exc)}",
+                               host_failure=True) from exc
         session = cls(reader, writer, config, host, port)
         try:
             await session._handshake()
@@ -169,9 +170,13 @@ class MtaSession:
 
     async def _handshake(self) -> None:
         t = self.config.timeouts
-        ev = await self._event(t.greeting)
+        try:
+            ev = await self._event(t.greeting)
+        except _Broken as exc:
+            raise SessionError(f"{exc.text} (greeting)", host_failure=True) from exc
         if not isinstance(ev, C.Greeting) or ev.reply.code != 220:
-            raise SessionError(f"{_text(ev)} (greeting)")
+            # RFC 5321 §3.1: 554 (or a 4xx) instead of 220: no service here now
+            raise SessionError(f"{_text(ev)} (greeting)", host_failure=True)
         self.greeting = ev.reply
         await self._hello()
         policy = self.config.tls

@@ -111,11 +111,14 @@ class TransferResult:
 class SessionError(Exception):
     """The session could not be opened or broke: every envelope it was to
     carry is a temporary failure with ``text`` (upstream treats connection
-    and handshake errors as host errors, never as bounces)."""
+    and handshake errors as host errors, never as bounces).  ``host_failure``
+    says the host itself is not serving (no connection, no or a refused
+    greeting): the relay backs off from it."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, host_failure: bool = False) -> None:
         super().__init__(text)
         self.text = text
+        self.host_failure = host_failure
 
 
 def fail_all(recipients: Sequence[Recipient], status: Status, text: str) -> TransferResult:
