@@ -288,8 +288,11 @@ def prepare_spool(path: str, owner: tuple[int, int] | None) -> None:
     offline = os.path.join(path, "offline")
     os.makedirs(offline, mode=0o770, exist_ok=True)
     if owner is not None:
+        # Any local user's sendmail drops a file here while smtpd is down
+        # (upstream uses a setgid smtpctl, which a script cannot be): users may
+        # create but not list, and the sticky bit keeps them off others' files.
         os.chown(offline, 0, owner[1])
-        os.chmod(offline, 0o1770)
+        os.chmod(offline, 0o1733)
 
 
 def bind_control_socket(path: str) -> socket.socket:

@@ -52,6 +52,7 @@ from smtpd.queue.envelope import (
     DsnRet,
     Envelope,
     EnvelopeError,
+    EnvelopeFlag,
     dump_envelope,
     load_envelope,
     render_upstream,
@@ -502,12 +503,17 @@ class QueueProcess(Child):
         # lasttry|retry|runstate|nexttry|errorline  (runstate/nexttry: the scheduler's)
         family = "local" if env.sockaddr == "local" else (
             "inet6" if env.sockaddr.startswith("[") else "inet4")
-        flags = ",".join(f.name.lower() for f in type(env.flags) if f in env.flags and f.name)
+        flags = ",".join(word for flag, word in _FLAG_WORDS if flag in env.flags)
         return "|".join([
             f"{env.evpid:016x}", family, env.type.value, flags, env.sender, env.rcpt, env.dest,
             str(env.ctime), str(env.expire), str(env.lasttry), str(env.retry),
             "inflight" if env.evpid in self.inflight else "pending", "-1",
             env.errorline])
+
+
+# smtpctl.c show_queue_envelope() names and order
+_FLAG_WORDS = ((EnvelopeFlag.BOUNCE, "bounce"), (EnvelopeFlag.AUTHENTICATED, "auth"),
+               (EnvelopeFlag.INTERNAL, "internal"))
 
 
 def _status_of(text: str, kind: DsnKind) -> str:
