@@ -181,7 +181,12 @@ class Relayer:
             # RFC 5321 §4.5.4.1 leaves concurrency to the client: wait for a slot
             relay.waiting = {"LIMIT_DOMAIN" if domain_full else "LIMIT_HOST"}
             blockers = {(t.address, t.port) for t in candidates}
-            if not self._evict_idle(limit_domain if domain_full else None, blockers):
+            closing = self._evict_idle(limit_domain if domain_full else None, blockers)
+            if closing is not None:
+                # the slot is free once the peer saw our QUIT: never more
+                # sessions on the wire than the limit
+                await asyncio.wait({closing})
+            else:
                 await self._wait()
 
     async def _attempt(self, route: Route, target: Target, ident: int, key: str,
@@ -283,9 +288,11 @@ class Relayer:
         if not pool:
             self._idle.pop(conn.key, None)
 
-    def _evict_idle(self, domain: str | None, hosts: set[tuple[str, int]]) -> bool:
+    def _evict_idle(self, domain: str | None,
+                    hosts: set[tuple[str, int]]) -> asyncio.Task[None] | None:
         """Close one idle session holding a slot a waiter needs: one of
-        ``domain`` (when the domain is full) or of one of ``hosts``."""
+        ``domain`` (when the domain is full) or of one of ``hosts``; the
+        task that says goodbye, None when there is no such session."""
         for key, pool in list(self._idle.items()):
             for idle in pool:
                 c = idle.conn
@@ -295,11 +302,10 @@ class Relayer:
                     pool.remove(idle)
                     if not pool:
                         self._idle.pop(key, None)
-                    self._quit(c)
-                    return True
-        return False
+                    return self._quit(c)
+        return None
 
-    def _quit(self, conn: _Conn) -> None:
+    def _quit(self, conn: _Conn) -> asyncio.Task[None]:
         """QUIT in the background; the slots are free at once."""
         if not conn.released:
             conn.released = True
@@ -310,6 +316,7 @@ class Relayer:
         task = asyncio.get_running_loop().create_task(conn.session.quit())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        return task
 
     @property
     def idle_sessions(self) -> int:

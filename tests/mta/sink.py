@@ -57,14 +57,16 @@ class Sink:
         self.commands: list[str] = []
         self.pipelined = False  # a MAIL/RCPT arrived with more commands behind it
         self.connections = 0
+        self.active = 0  # connections open now
+        self.max_active = 0  # the most open at once
         self.tls_sessions = 0
         self.auth_users: list[str] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0,
+    async def start(self, port: int = 0) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port,
                                                   ssl=self.config.smtps)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
@@ -81,11 +83,14 @@ class Sink:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
             await _Conn(self, reader, writer).run()
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.active -= 1
             self._tasks.discard(task)
             writer.close()
 
