@@ -18,28 +18,12 @@ from collections.abc import Iterator
 
 from smtpctl.client import ControlClient, ControlError
 from smtpctl.localconf import load_local
-from smtpd.queue.envelope import Envelope, EnvelopeError, EnvelopeFlag, load_envelope
+from smtpd.queue.envelope import EnvelopeError, load_envelope
+from smtpd.queue.show import queue_line
 
 _EVPID_RE = re.compile(r"^[0-9a-f]{16}$")
 GZIP_MAGIC = b"\x1f\x8b"
 ENCRYPTED_MAGIC = b"\x01"
-_FLAG_NAMES = ((EnvelopeFlag.BOUNCE, "bounce"), (EnvelopeFlag.AUTHENTICATED, "auth"),
-               (EnvelopeFlag.INTERNAL, "internal"))
-
-
-def queue_line(env: Envelope, runstate: str) -> str:
-    """smtpctl.c show_queue_envelope(); runstate is "pending|N",
-    "inflight|N" or "offline|"."""
-    family = "local" if env.sockaddr == "local" else (
-        "inet6" if env.sockaddr.startswith("[") else "inet4")
-    # getflag() order and names: bounce, auth, internal
-    flags = ",".join(name for flag, name in _FLAG_NAMES if flag in env.flags)
-    return "|".join([
-        f"{env.evpid:016x}", family, env.type.value, flags, env.sender, env.rcpt, env.dest,
-        str(env.ctime), str(env.expire), str(env.lasttry), str(env.retry), runstate,
-        env.errorline])
-
-
 def offline_lines(spool: str) -> Iterator[str]:
     """The spool's envelopes read directly (do_show_queue without a daemon)."""
     queue = os.path.join(spool, "queue")

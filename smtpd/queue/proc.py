@@ -52,13 +52,13 @@ from smtpd.queue.envelope import (
     DsnRet,
     Envelope,
     EnvelopeError,
-    EnvelopeFlag,
     dump_envelope,
     load_envelope,
     render_upstream,
 )
 from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError
 from smtpd.queue.front import QueueFront
+from smtpd.queue.show import queue_line
 
 TEMPFAIL = "451 4.3.0 Temporary failure"
 NO_SPACE = "452 4.3.1 Insufficient system storage"
@@ -499,21 +499,9 @@ class QueueProcess(Child):
         return [f"smtpctl: unknown queue request {req.verb}"], 1
 
     def _queue_line(self, env: Envelope) -> str:
-        # upstream's show queue: evpid|family|type|flags|sender|rcpt|dest|ctime|expire|
-        # lasttry|retry|runstate|nexttry|errorline  (runstate/nexttry: the scheduler's)
-        family = "local" if env.sockaddr == "local" else (
-            "inet6" if env.sockaddr.startswith("[") else "inet4")
-        flags = ",".join(word for flag, word in _FLAG_WORDS if flag in env.flags)
-        return "|".join([
-            f"{env.evpid:016x}", family, env.type.value, flags, env.sender, env.rcpt, env.dest,
-            str(env.ctime), str(env.expire), str(env.lasttry), str(env.retry),
-            "inflight" if env.evpid in self.inflight else "pending", "-1",
-            env.errorline])
-
-
-# smtpctl.c show_queue_envelope() names and order
-_FLAG_WORDS = ((EnvelopeFlag.BOUNCE, "bounce"), (EnvelopeFlag.AUTHENTICATED, "auth"),
-               (EnvelopeFlag.INTERNAL, "internal"))
+        # runstate and N are the scheduler's: control merges them in
+        state = "inflight|-1" if env.evpid in self.inflight else "pending|-1"
+        return queue_line(env, state)
 
 
 def _status_of(text: str, kind: DsnKind) -> str:
