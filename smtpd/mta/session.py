@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import ssl
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -87,6 +88,9 @@ def _reason(exc: BaseException) -> str:
         return "Connection timed out"
     if isinstance(exc, ssl.SSLError):
         return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio's "Connect call failed ('192.0.2.1', 25)" says less
+        return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
