@@ -108,6 +108,7 @@ class Registry:
         self.hoststats: dict[str, HostStat] = {}
         self.sessions = 0
         self._route_ids = itertools.count(1)
+        self._next_hoststat_prune = 0.0
 
     # -- lookups (creating) ----------------------------------------------------
 
@@ -233,9 +234,12 @@ class Registry:
         for rname, rel in list(self.relays.items()):
             if rel.nconn == 0 and rel.ntask == 0:
                 del self.relays[rname]
-        for name, stat in list(self.hoststats.items()):
-            if now >= stat.when + HOSTSTAT_EXPIRE:
-                del self.hoststats[name]
+        if now >= self._next_hoststat_prune:
+            # a scan a minute: there may be many domains, and no hurry
+            self._next_hoststat_prune = now + 60
+            for name, stat in list(self.hoststats.items()):
+                if now >= stat.when + HOSTSTAT_EXPIRE:
+                    del self.hoststats[name]
 
     def gauges(self) -> dict[str, int]:
         """Upstream's stat keys, counting live objects."""

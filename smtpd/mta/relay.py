@@ -120,7 +120,14 @@ class Relayer:
                 got = await self._acquire(route, domain, envelopes, key, relay, limit_domain)
             if isinstance(got, TransferResult):
                 return got
-            result = await send_envelopes(got.session, envelopes, message)
+            try:
+                result = await send_envelopes(got.session, envelopes, message)
+            except BaseException:
+                # cancelled or a caller's mistake: the session is in an unknown
+                # state, drop it and give its slots back
+                got.session.abort()
+                self._quit(got)
+                raise
             self._log_results(got, envelopes, result)
             now = self.clock()
             for r in result.results:
@@ -202,8 +209,12 @@ class Relayer:
         try:
             session = await MtaSession.open(target.host, target.port, config,
                                             address=target.address)
-        except SessionError as exc:
+        except BaseException as exc:
             reg.release(relay, limit_domain, host)
+            if not isinstance(exc, SessionError):
+                self._wake()
+                self._changed()
+                raise  # cancelled: the attempt's slots are free again
             interval = reg.failed(relay, host, exc.text, self.clock(),
                                   backoff=exc.host_failure)
             self._log(logfmt.error_line(ident, exc.text))

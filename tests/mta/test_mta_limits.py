@@ -12,7 +12,7 @@ import socket
 from smtpd.config.model import RelayOptions
 from smtpd.config.parse_action import parse_relay_url
 from smtpd.lookup.dns import make_resolver
-from smtpd.mta.registry import Limits
+from smtpd.mta.registry import HOSTSTAT_EXPIRE, HostStat, Limits, Registry
 from smtpd.mta.relay import BACKOFF, Relayer
 from smtpd.mta.routing import Route, route_for
 from smtpd.mta.transfer import Status, Timeouts, TlsPolicy, TransferResult
@@ -224,3 +224,49 @@ def test_refused_greeting_backs_off_and_mx_skips_the_host() -> None:
     connecting = [ln.split("host=")[1] for ln in lines if " mta connecting " in ln]
     # d1: mx1 fails and is backed off, mx2 delivers; d2: straight to mx2
     assert connecting == ["127.0.0.1", "mx1.test", "mx2.test", "mx2.test"]
+
+
+def test_cancelled_transfers_give_their_slots_back() -> None:
+    slow_greeting = Sink(SinkConfig(delays={"GREETING": 5}))
+    slow_data = Sink(SinkConfig(delays={".": 5}))
+    gauges: dict[str, int] = {}
+
+    async def main() -> None:
+        relayer = Relayer(make_resolver(NO_DNS), timeouts=FAST, idle=5, stat=gauges.__setitem__,
+                          limits=Limits(max_conn_per_host=1))
+        for sink in (slow_greeting, slow_data):
+            port = await sink.start()
+            task = asyncio.create_task(relayer.relay(smarthost(port), "a.test",
+                                                     [env(1, "u@a.test")], io.BytesIO(b"x\n")))
+            await asyncio.sleep(0.3)
+            assert gauges["mta.host"] == 1
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert relayer.show_hosts() == [] and relayer.show_relays() == []
+            assert set(gauges.values()) == {0}, gauges
+            await sink.close()
+        await relayer.close()
+
+    asyncio.run(main())
+    # the second was cancelled while waiting for the final reply: it got that far
+    assert "DATA" in slow_data.commands and "QUIT" not in slow_data.commands
+
+
+def test_registry_forgets_old_failures_and_hoststats() -> None:
+    limits = Limits(backoff_base=10, backoff_max=100, forget_after=1000)
+    reg = Registry(limits)
+    relay = reg.relay("k", "[relay:x,smtp]", None)
+    host = reg.host("192.0.2.1", 25, "mx.x")
+    reg.attempt(relay, "x", host)
+    reg.release(relay, "x", host)
+    assert reg.failed(relay, host, "421 down", 0.0, backoff=True) == 10
+    reg.hoststat("X", "421 down", 0.0)
+    reg.prune(500.0)
+    assert ("192.0.2.1", 25) in reg.hosts  # still remembered: the next failure doubles
+    assert reg.gauges()["mta.host"] == 1
+    reg.prune(1000.0)
+    assert reg.hosts == {} and reg.routes == {} and reg.relays == {}
+    assert reg.hoststats == {"x": HostStat(0.0, "421 down")}  # kept for 4 hours
+    reg.prune(HOSTSTAT_EXPIRE)
+    assert reg.hoststats == {}
+    assert set(reg.gauges().values()) == {0}
