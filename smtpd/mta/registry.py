@@ -89,7 +89,8 @@ class RelayState:
     ntask: int = 0
     nconn: int = 0
     lastconn: float = 0.0
-    waiting: set[str] = field(default_factory=set)  # LIMIT_HOST, LIMIT_DOMAIN, ...
+    # transfers waiting for a slot, by upstream's connector flag (LIMIT_HOST...)
+    waiting: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

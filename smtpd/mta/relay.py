@@ -161,13 +161,11 @@ class Relayer:
         while True:
             reused = self._checkout(key)
             if reused is not None:
-                relay.waiting.clear()
                 return reused
             now = self.clock()
             candidates = [t for t in targets if (t.address, t.port) not in tried
                           and (t.address, t.port) in reg.usable([(t.address, t.port)], now)]
             if not candidates:
-                relay.waiting.clear()
                 if error is not None and last is not None:
                     where = logfmt.address_text(last.address, last.port)
                     return self._fail(envelopes, Status.TEMPFAIL, error.text, where)
@@ -177,7 +175,6 @@ class Relayer:
             free = None if domain_full else next(
                 (t for t in candidates if not reg.host_full((t.address, t.port))), None)
             if free is not None:
-                relay.waiting.clear()
                 tried.add((free.address, free.port))
                 last = free
                 opened = await self._attempt(route, free, ident, key, relay, limit_domain)
@@ -186,15 +183,21 @@ class Relayer:
                 error = opened
                 continue
             # RFC 5321 §4.5.4.1 leaves concurrency to the client: wait for a slot
-            relay.waiting = {"LIMIT_DOMAIN" if domain_full else "LIMIT_HOST"}
-            blockers = {(t.address, t.port) for t in candidates}
-            closing = self._evict_idle(limit_domain if domain_full else None, blockers)
-            if closing is not None:
-                # the slot is free once the peer saw our QUIT: never more
-                # sessions on the wire than the limit
-                await asyncio.wait({closing})
-            else:
-                await self._wait()
+            flag = "LIMIT_DOMAIN" if domain_full else "LIMIT_HOST"
+            relay.waiting[flag] = relay.waiting.get(flag, 0) + 1
+            try:
+                blockers = {(t.address, t.port) for t in candidates}
+                closing = self._evict_idle(limit_domain if domain_full else None, blockers)
+                if closing is not None:
+                    # the slot is free once the peer saw our QUIT: never more
+                    # sessions on the wire than the limit
+                    await asyncio.wait({closing})
+                else:
+                    await self._wait()
+            finally:
+                relay.waiting[flag] -= 1
+                if not relay.waiting[flag]:
+                    del relay.waiting[flag]
 
     async def _attempt(self, route: Route, target: Target, ident: int, key: str,
                        relay: RelayState, limit_domain: str) -> _Conn | SessionError:
