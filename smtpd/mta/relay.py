@@ -8,8 +8,8 @@
 ``relay`` never raises for network or DNS trouble: every envelope gets a
 result (routing errors and unreachable hosts are temporary unless DNS said
 no for good).  A session that delivered stays open for ``idle`` seconds
-and carries the next message for the same route and domain (RSET between
-them), up to ``max_messages`` per connection (upstream's
+and carries the next message for the same route (and domain, for MX
+routes; RSET between them), up to ``max_messages`` per connection (upstream's
 max_mail_per_session, 100).  Log lines are upstream's (logfmt).
 
 Limits and back-off (registry.Limits): a transfer that would exceed the
@@ -68,7 +68,7 @@ class _Conn:
     relay: RelayState
     domain: str  # the domain whose limit it counts in
     host: HostState
-    released: bool = False
+    closing: asyncio.Task[None] | None = None  # the QUIT, once decided
 
 
 @dataclass
@@ -106,13 +106,13 @@ class Relayer:
         if not envelopes:
             return TransferResult(())
         domain = domain.lower()
-        key = f"{route.key}|{domain}"
         if route.relay is None:
-            relay_key, limit_domain = key, domain
+            key, limit_domain = f"{route.key}|{domain}", domain
         else:
-            # every domain through one smarthost is one relay, as upstream
-            relay_key, limit_domain = route.key, route.relay.host.lower()
-        relay = self.registry.relay(relay_key, views.relay_text(route, domain), route.source)
+            # every domain through one smarthost is one relay, as upstream,
+            # and its sessions carry mail for any of them
+            key, limit_domain = route.key, route.relay.host.lower()
+        relay = self.registry.relay(key, views.relay_text(route, domain), route.source)
         self.registry.task_started(relay, limit_domain)
         try:
             got: _Conn | TransferResult | None = self._checkout(key)
@@ -320,16 +320,22 @@ class Relayer:
         return None
 
     def _quit(self, conn: _Conn) -> asyncio.Task[None]:
-        """QUIT in the background; the slots are free at once."""
-        if not conn.released:
-            conn.released = True
+        """QUIT in the background; the slots are free once it is done, so
+        that a waiter never puts more sessions on the wire than the limit."""
+        if conn.closing is not None:
+            return conn.closing
+        task = asyncio.get_running_loop().create_task(conn.session.quit())
+        conn.closing = task
+        self._closing.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._closing.discard(t)
             self.registry.release(conn.relay, conn.domain, conn.host)
             self.registry.session_closed()
             self._wake()
             self._changed()
-        task = asyncio.get_running_loop().create_task(conn.session.quit())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+
+        task.add_done_callback(done)
         return task
 
     @property

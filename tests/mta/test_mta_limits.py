@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import re
 import socket
 
 from smtpd.config.model import RelayOptions
@@ -61,14 +60,16 @@ def test_relay_text_is_upstreams() -> None:
 
 
 def test_host_limit_waits_then_takes_the_idle_sessions_slot() -> None:
+    dns = StubDns({("a.test.", "MX"): ["10 mx.test."], ("b.test.", "MX"): ["10 mx.test."],
+                   ("mx.test.", "A"): ["127.0.0.1"]})
     sink = Sink(SinkConfig(delays={".": 0.3}))
     seen: list[str] = []
 
     async def main() -> list[TransferResult]:
         port = await sink.start()
-        relayer = Relayer(make_resolver(NO_DNS), timeouts=FAST, idle=5,
+        relayer = Relayer(make_resolver(dns.spec), timeouts=FAST, idle=5, mx_port=port,
                           limits=Limits(max_conn_per_host=1))
-        route = smarthost(port)
+        route = route_for(RelayOptions(), "x", hostname="me.test", tables={})
         try:
             first = asyncio.create_task(relayer.relay(route, "a.test", [env(1, "x@a.test")],
                                                       io.BytesIO(b"one\n")))
@@ -81,17 +82,39 @@ def test_host_limit_waits_then_takes_the_idle_sessions_slot() -> None:
             return results
         finally:
             await sink.close()
+            dns.close()
 
     results = asyncio.run(main())
     assert [r.results[0].status for r in results] == [Status.OK, Status.OK]
-    # a.test's idle session was closed so that b.test could connect: one at a time
+    # MX sessions serve one domain: a.test's idle session was closed so that
+    # b.test could connect, one session at a time
     assert sink.max_active == 1 and sink.connections == 2
     assert sorted(m.content for m in sink.messages) == [b"one\n", b"two\n"]
-    assert re.fullmatch(r"\[relay:127\.0\.0\.1,port=\d+,smtp,mx,heloname=me\.test\] "
-                        r"refcount=3 ntask=2 nconn=1 lastconn=0s timeout=- wait=LIMIT_HOST",
-                        seen[0]), seen
-    assert seen[1].startswith("  connector [] refcount=3 nconn=1 ")
-    assert seen[1].endswith(" flags=LIMIT_HOST")
+    assert seen == [
+        "[relay:a.test,smtp,heloname=me.test] refcount=2 ntask=1 nconn=1 lastconn=0s "
+        "timeout=- wait=",
+        "  connector [] refcount=2 nconn=1 lastconn=0s timeout=- flags=",
+        "[relay:b.test,smtp,heloname=me.test] refcount=1 ntask=1 nconn=0 lastconn=- "
+        "timeout=- wait=LIMIT_HOST",
+        "  connector [] refcount=1 nconn=0 lastconn=- timeout=- flags=LIMIT_HOST"], seen
+
+
+def test_smarthost_sessions_carry_mail_for_every_domain() -> None:
+    sink = Sink()
+
+    async def main() -> None:
+        port = await sink.start()
+        relayer = Relayer(make_resolver(NO_DNS), timeouts=FAST, idle=5)
+        for n, domain in enumerate(("a.test", "b.test", "c.test"), 1):
+            r = await relayer.relay(smarthost(port), domain, [env(n, f"u@{domain}")],
+                                    io.BytesIO(b"x\n"))
+            assert r.results[0].status is Status.OK
+        assert len(relayer.show_relays()) == 2  # one relay, one connector
+        await relayer.close()
+        await sink.close()
+
+    asyncio.run(main())
+    assert sink.connections == 1 and len(sink.messages) == 3
 
 
 def test_domain_limit_reuses_the_session_instead_of_opening_another() -> None:
