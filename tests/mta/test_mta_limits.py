@@ -17,6 +17,8 @@ from smtpd.mta.routing import Route, route_for
 from smtpd.mta.transfer import Status, Timeouts, TlsPolicy, TransferResult
 from smtpd.mta.views import relay_text
 from smtpd.queue.envelope import DeliveryType, Envelope
+from smtpd.stat.collector import StatCollector
+from smtpd.stat.kinds import StatOp
 from tests.mta.dnsstub import StubDns
 from tests.mta.sink import Sink, SinkConfig
 
@@ -293,3 +295,14 @@ def test_registry_forgets_old_failures_and_hoststats() -> None:
     reg.prune(HOSTSTAT_EXPIRE)
     assert reg.hoststats == {}
     assert set(reg.gauges().values()) == {0}
+
+
+def test_gauges_fit_the_processes_stat_collector() -> None:
+    """The smtp process passes ``stat=self.stats.set``: upstream's keys arrive
+    as set operations (show stats lists them at 0 from the start)."""
+    collector = StatCollector(lambda: None)
+    Relayer(make_resolver(NO_DNS), stat=collector.set)
+    updates = {u.key: (u.op, u.value) for u in collector.drain()}
+    assert updates == {k: (StatOp.SET, 0) for k in (
+        "mta.session", "mta.host", "mta.relay", "mta.route", "mta.domain", "mta.connector",
+        "mta.source")}
