@@ -21,7 +21,9 @@ from tests.mta.sink import SinkConfig
 
 @pytest.fixture
 def sink() -> Iterator[ThreadedSink]:
-    s = ThreadedSink(SinkConfig())
+    # a slow goodbye keeps the session (and so the views) alive after its
+    # idle time, whatever the machine's load
+    s = ThreadedSink(SinkConfig(delays={"QUIT": 8}))
     yield s
     s.close()
 
@@ -43,7 +45,7 @@ def test_views_list_the_sink_after_a_delivery(workdir: Path, sink: ThreadedSink)
         send(d, "ok@remote.test", "views")
         wait_for(lambda: len(sink.sink.messages) == 1)
         d.wait_for(r"mta delivery .*to=<ok@remote.test>.*result=\"Ok\"")
-        # the session stays open (idle) for a few seconds: it is in the views
+        # the session stays open (idle, then saying QUIT): it is in the views
         relays = lines(d, "show", "relays")
         assert re.match(rf"\[relay:127\.0\.0\.1,port={sink.port},smtp,mx,heloname=\S+\] "
                         r"refcount=1 ntask=0 nconn=1 lastconn=\d+s timeout=- wait=$",
