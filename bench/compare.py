@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wanted:
         return 1
     key = secrets.token_hex(16) if ns.encryption else None
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
     cells = [Cell(size, c) for size in ns.sizes for c in ns.concurrency]
     print(f"command: {shlex.join([os.path.relpath(sys.executable, REPO), *sys.argv])}")
