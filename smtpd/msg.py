@@ -424,6 +424,23 @@ WITH_FD: Final = frozenset({Msg.PARENT_LISTENER_SEND, Msg.PARENT_CONTROL_SOCKET_
                             Msg.QUEUE_MTA_TRANSFER})
 
 
+CTL_REPLY_BYTES = 8192  # text per CtlReply frame: far below the 16 KiB frame limit
+
+
+def chunk_lines(lines: list[str]) -> list[tuple[list[str], bool]]:
+    """Control reply lines split into frames that fit: (lines, is_last)."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for line in lines:
+        line = line[:CTL_REPLY_BYTES]
+        if size + len(line) > CTL_REPLY_BYTES and chunks[-1]:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 8
+    return [(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
+
+
 def _routes_fingerprint() -> int:
     text = ";".join(
         f"{m.name}={m.value}:{sorted(r.senders)}>{sorted(r.receivers)}:"

@@ -39,6 +39,7 @@ from smtpd.msg import (
     StatUpdates,
     TraceSet,
     check_route,
+    chunk_lines,
     decode,
     encode,
 )
@@ -47,7 +48,6 @@ from smtpd.stat.backend import StatBackend, open_backend
 from smtpd.stat.kinds import StatUpdate
 from smtpd.trace import Profile, Trace, parse_profile, parse_trace
 
-MAX_LINES_PER_FRAME = 100
 ACCEPT_RETRY = 1.0
 
 
@@ -109,9 +109,9 @@ class ClientSession:
         self.control.run_command(self, command)
 
     def reply(self, lines: list[str], status: int = 0, stderr: bool = False) -> None:
-        for i in range(0, len(lines), MAX_LINES_PER_FRAME):
-            self.channel.send(int(Msg.CTL_CLIENT_LINES),
-                              encode(ClientLines(lines[i:i + MAX_LINES_PER_FRAME], stderr)))
+        for chunk, _last in chunk_lines(lines):
+            if chunk:
+                self.channel.send(int(Msg.CTL_CLIENT_LINES), encode(ClientLines(chunk, stderr)))
         self.channel.send(int(Msg.CTL_CLIENT_DONE), encode(ClientDone(status)))
 
     def drop(self, reason: str) -> None:

@@ -48,6 +48,11 @@ class QueueBackend(Protocol):
 
     def delete(self, kind: Kind, oid: int) -> bool: ...
 
+    def sweep(self) -> int:
+        """Remove what an interrupted delete left behind (empty message
+        directories); called by recover() at start.  Returns how many."""
+        ...
+
     def list(
         self, kind: Kind, *, after: int = -1, below: int | None = None
     ) -> Iterator[int]: ...

@@ -38,7 +38,14 @@ from smtpd.crypto.kdf import (
 from smtpd.crypto.stream import DecryptError, UnknownKeyError
 from smtpd.queue import codec
 from smtpd.queue.backend import QueueBackend
-from smtpd.queue.blob import READ_CHUNK, BlobNotFound, Kind, chunk_stream, iter_source
+from smtpd.queue.blob import (
+    READ_CHUNK,
+    BlobNotFound,
+    BlobSource,
+    Kind,
+    chunk_stream,
+    iter_source,
+)
 from smtpd.queue.cache import EnvelopeCache
 from smtpd.queue.envelope import (
     MAX_ENVELOPE_SIZE,
@@ -240,38 +247,68 @@ class QueueFront:
         On a storage error (OSError) nothing is left behind in the store and
         the message stays incoming (roll it back). Returns the committed
         envelopes, evpids assigned, in evpid order (for the scheduler)."""
-        envs = self._check_pending(msgid)
-        if not envs:
-            raise QueueError(f"message {msgid:08x}: no envelopes to commit")
+        ((_msgid, result),) = self.message_commit_many([msgid])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def message_commit_many(
+        self, msgids: Sequence[int]
+    ) -> list[tuple[int, list[Envelope] | Exception]]:
+        """Group commit: several messages made durable together, sharing the
+        filesystem's journal commits (one put_many for all their files).
+
+        Each message's envelopes are installed before its message blob (the
+        commit point), so a crash part-way leaves only what recover() drops.
+        Returns, per msgid, its committed envelopes or the error that kept it
+        out (the caller rolls those back).  A storage error while installing
+        fails every message of the batch: none of them was acknowledged."""
+        results: list[tuple[int, list[Envelope] | Exception]] = []
+        items: list[tuple[Kind, int, BlobSource]] = []
+        sources: list[BinaryIO] = []
+        batch: list[tuple[int, list[Envelope]]] = []
         try:
-            src = open(self.message_path(msgid), "rb")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise QueueError(f"message {msgid:08x}: no message data") from None
-        written: list[int] = []
-        try:
-            with src:
-                # All envelopes durable first (one directory fsync for them all)...
-                written = [env.evpid for env in envs]
-                self.backend.put_many(
-                    (Kind.ENVELOPE, env.evpid,
-                     self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
-                    for env in envs
-                )
-                # ...then the commit point: without this blob, recover() drops them.
-                self.backend.put(
-                    Kind.MESSAGE, msgid, self._encode(Kind.MESSAGE, msgid, iter_source(src))
-                )
-        except BaseException:
-            # Storage failed (ENOSPC...): the client gets a 4xx, leave no orphans.
-            for evpid in written:
-                with contextlib.suppress(Exception):
-                    self.backend.delete(Kind.ENVELOPE, evpid)
-            raise
-        del self._pending[msgid]
-        for env in envs:
-            self._cache.put(env)
-        remove_tree(self._incoming / f"{msgid:08x}", self._purge)
-        return sorted(envs, key=lambda e: e.evpid)
+            for msgid in msgids:
+                try:
+                    envs = self._check_pending(msgid)
+                    if not envs:
+                        raise QueueError(f"message {msgid:08x}: no envelopes to commit")
+                    try:
+                        src = open(self.message_path(msgid), "rb")  # noqa: SIM115
+                    except FileNotFoundError:
+                        raise QueueError(f"message {msgid:08x}: no message data") from None
+                except QueueError as exc:
+                    results.append((msgid, exc))
+                    continue
+                sources.append(src)
+                items += [(Kind.ENVELOPE, env.evpid,
+                           self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
+                          for env in envs]
+                items.append((Kind.MESSAGE, msgid,
+                              self._encode(Kind.MESSAGE, msgid, iter_source(src))))
+                batch.append((msgid, envs))
+            if items:
+                try:
+                    self.backend.put_many(items)
+                except OSError as exc:
+                    for msgid, envs in batch:
+                        for env in envs:
+                            with contextlib.suppress(Exception):
+                                self.backend.delete(Kind.ENVELOPE, env.evpid)
+                        with contextlib.suppress(Exception):
+                            self.backend.delete(Kind.MESSAGE, msgid)
+                        results.append((msgid, exc))
+                    return results
+        finally:
+            for opened in sources:
+                opened.close()
+        for msgid, envs in batch:
+            del self._pending[msgid]
+            for env in envs:
+                self._cache.put(env)
+            remove_tree(self._incoming / f"{msgid:08x}", self._purge)
+            results.append((msgid, sorted(envs, key=lambda e: e.evpid)))
+        return results
 
     def message_rollback(self, msgid: int) -> None:
         """Forget an incoming message (the transaction failed or was reset)."""
@@ -415,6 +452,7 @@ class QueueFront:
         incoming = clear_dir(self._incoming)
         clear_dir(self._purge)
         clear_dir(self._temporary)  # half-written puts (fs) and delivery copies
+        self.backend.sweep()  # empty message directories of interrupted deletes
         orphan_envs = orphan_msgs = 0
         # Merge-join the two sorted id streams: constant memory for any spool size.
         messages = self.backend.list(Kind.MESSAGE)

@@ -8,6 +8,7 @@ walk sees a fresh listing of each directory when it reaches it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,7 @@ from smtpd.queue.spool import (
     install_durable,
     prepare_spool,
     rmdir_if_empty,
+    sync_files,
     unlink_durable,
     write_durable,
     write_temp,
@@ -96,9 +98,10 @@ class FsBackend:
         try:
             for kind, oid, data in items:
                 target = self.path(kind, oid)
-                tmp, size = write_temp(iter_source(data), self._tmp)
+                tmp, size = write_temp(iter_source(data), self._tmp, sync=False)
                 moves.append((tmp, target))
                 sizes.append(size)
+            sync_files(tmp for tmp, _target in moves)
         except BaseException:
             for tmp, _target in moves:
                 tmp.unlink(missing_ok=True)
@@ -118,6 +121,23 @@ class FsBackend:
         if gone and kind is not Kind.KEYCHECK:
             rmdir_if_empty(target.parent)
         return gone
+
+    def sweep(self) -> int:
+        """delete() unlinks, then removes the directory: a crash in between
+        leaves an empty queue/<bb>/<msgid>/ that no listing would visit."""
+        removed = 0
+        for bucket in _sorted_names(self._queue, _BUCKET_RE):
+            for name in _sorted_names(self._queue / bucket, _MSGID_RE):
+                mdir = self._queue / bucket / name
+                try:
+                    if not any(mdir.iterdir()):
+                        rmdir_if_empty(mdir)
+                        removed += 1
+                except OSError:
+                    continue  # not ours to clean (permissions): leave it, harmless
+            with contextlib.suppress(OSError):
+                rmdir_if_empty(self._queue / bucket)
+        return removed
 
     def list(
         self, kind: Kind, *, after: int = -1, below: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from smtpd.msg import (
     RcptResult,
     Request,
     RequestFailed,
+    chunk_lines,
 )
 from smtpd.proc import QUEUE_KEY_FD_ENV, Child
 from smtpd.queue.backend import make_backend
@@ -67,7 +69,6 @@ NO_SPACE = "452 4.3.1 Insufficient system storage"
 MIN_FREE_BYTES = 64 * 1024 * 1024
 SCHEDULE_BATCH = 200      # envelope infos per QUEUE_MESSAGE_SCHEDULE frame
 LOAD_STEP = 500           # envelopes loaded per loop iteration at start
-CTL_BYTES = 8192          # control reply lines per frame, in bytes
 
 
 def scheduler_info(env: Envelope) -> list[int | str]:
@@ -130,6 +131,7 @@ class QueueProcess(Child):
         h(Proc.PARENT, Msg.PARENT_DELIVERY_RESULT, self._on_delivery_result)
         h(Proc.SMTP, Msg.SMTP_MTA_RESULT, self._on_mta_result)
         self.transfers: dict[int, list[int]] = {}   # reqid -> evpids being relayed
+        self.commit_batch: list[tuple[MessageCommit, list[int]]] = []
         h(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._on_bounce_route)
         h(Proc.CONTROL, Msg.CTL_QUEUE_REQUEST, self._on_ctl)
 
@@ -199,20 +201,40 @@ class QueueProcess(Child):
         self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_FD, MessageRef(req.reqid, req.msgid), fd=fd)
 
     def _on_commit(self, req: MessageCommit, _frame: Frame) -> None:
+        """Commits are gathered for the rest of this loop iteration and made
+        durable together (group commit); each is still acknowledged only once
+        its own data is on disk."""
         try:
             envs = [load_envelope(text.encode()) for text in req.envelopes]
             evpids = [self.front.envelope_create(req.msgid, env) for env in envs]
-            self.front.message_commit(req.msgid)
         except (OSError, QueueError, EnvelopeError) as exc:
-            self.log.warning("queue: commit of %08x failed: %s", req.msgid, exc)
-            self._rollback(req.msgid)
-            full = isinstance(exc, OSError) and exc.errno in (28, 122)  # ENOSPC, EDQUOT
-            return self._fail(req.reqid, NO_SPACE if full else TEMPFAIL)
-        committed = [self.front.envelope_load(e) for e in self.front.message_envelopes(req.msgid)]
-        self._send_schedule({req.msgid: [scheduler_info(e) for e in committed]})
-        self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_COMMITTED,
-                  MessageCommitted(req.reqid, req.msgid, evpids))
+            self._commit_failed(req.reqid, req.msgid, exc)
+            return
+        if not self.commit_batch:
+            self.loop.call_soon(self._flush_commits)
+        self.commit_batch.append((req, evpids))
+
+    def _flush_commits(self) -> None:
+        batch, self.commit_batch = self.commit_batch, []
+        requests = {req.msgid: (req, evpids) for req, evpids in batch}
+        # messages per group commit = queue.commit.message / queue.commit.batch
+        self.stats.increment("queue.commit.batch")
+        self.stats.increment("queue.commit.message", len(batch))
+        for msgid, result in self.front.message_commit_many(list(requests)):
+            req, evpids = requests[msgid]
+            if isinstance(result, Exception):
+                self._commit_failed(req.reqid, msgid, result)
+                continue
+            self._send_schedule({msgid: [scheduler_info(e) for e in result]})
+            self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_COMMITTED,
+                      MessageCommitted(req.reqid, msgid, evpids))
         self._update_stats()
+
+    def _commit_failed(self, reqid: int, msgid: int, exc: Exception) -> None:
+        self.log.warning("queue: commit of %08x failed: %s", msgid, exc)
+        self._rollback(msgid)
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        self._fail(reqid, NO_SPACE if full else TEMPFAIL)
 
     def _rollback(self, msgid: int) -> None:
         try:
@@ -467,16 +489,8 @@ class QueueProcess(Child):
         self._ctl_send(req.reqid, status, lines)
 
     def _ctl_send(self, reqid: int, status: int, lines: list[str]) -> None:
-        chunk: list[str] = []
-        size = 0
-        for line in lines:
-            line = line[:CTL_BYTES]
-            if size + len(line) > CTL_BYTES and chunk:
-                self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY, CtlReply(reqid, status, chunk, False))
-                chunk, size = [], 0
-            chunk.append(line)
-            size += len(line) + 8
-        self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY, CtlReply(reqid, status, chunk, True))
+        for chunk, last in chunk_lines(lines):
+            self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY, CtlReply(reqid, status, chunk, last))
 
     def _ctl_lines(self, req: CtlRequest) -> tuple[list[str], int]:
         match req.verb:

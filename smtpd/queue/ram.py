@@ -22,6 +22,9 @@ class RamBackend:
         self._blobs[kind, oid] = blob  # one assignment: atomic replace
         return len(blob)
 
+    def sweep(self) -> int:
+        return 0  # deletes are atomic in memory
+
     def put_many(self, items: Iterable[tuple[Kind, int, BlobSource]]) -> list[int]:
         return [self.put(kind, oid, data) for kind, oid, data in items]
 

@@ -76,8 +76,9 @@ def prepare_spool(root: Path, *, owner: tuple[int, int] | None = None) -> None:
             os.chown(d, 0 if name == "offline" else uid, gid)
 
 
-def write_temp(chunks: Iterable[bytes], tmpdir: Path) -> tuple[Path, int]:
-    """Write ``chunks`` to a new fsynced file in ``tmpdir``: (path, size)."""
+def write_temp(chunks: Iterable[bytes], tmpdir: Path, *, sync: bool = True) -> tuple[Path, int]:
+    """Write ``chunks`` to a new file in ``tmpdir``: (path, size); fsynced
+    unless ``sync`` is False (the caller then calls sync_files())."""
     tmp = tmpdir / f"put.{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     size = 0
@@ -87,12 +88,25 @@ def write_temp(chunks: Iterable[bytes], tmpdir: Path) -> tuple[Path, int]:
                 f.write(chunk)
                 size += len(chunk)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     return tmp, size
+
+
+def sync_files(paths: Iterable[Path]) -> None:
+    """fsync files written with sync=False.  Written first and synced after,
+    a batch shares the filesystem's journal commits (group commit): the first
+    fsync commits them all and the others find their data already stable."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def install_durable(moves: list[tuple[Path, Path]], stop: Path) -> None:

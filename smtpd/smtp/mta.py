@@ -53,6 +53,7 @@ class MtaSide:
     def start(self, listeners: list[tuple[str, int]]) -> None:
         self.relayer = Relayer(make_resolver(), listeners=listeners,
                                mx_port=int(os.environ.get(MX_PORT_ENV, "25")),
+                               stat=self.smtp.stats.set,
                                log=lambda line: self.smtp.log.info("%s", line))
 
     async def transfer(self, dispatcher: str, domain: str, texts: list[str],

@@ -41,6 +41,7 @@ from smtpd.msg import (
     RcptResult,
     Request,
     RequestFailed,
+    chunk_lines,
 )
 from smtpd.proc import Child
 from smtpd.smtp.mta import MtaSide
@@ -239,7 +240,8 @@ class SmtpProcess(Child):
 
     def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
         status, lines = self.mta.ctl(req.verb)
-        self.send(Proc.CONTROL, Msg.SMTP_CTL_REPLY, CtlReply(req.reqid, status, lines, True))
+        for chunk, last in chunk_lines(lines):
+            self.send(Proc.CONTROL, Msg.SMTP_CTL_REPLY, CtlReply(req.reqid, status, chunk, last))
 
     def _on_enqueue(self, req: EnqueueRequest, _frame: Frame) -> None:
         """A local submission: serve one end of a socketpair as a session of

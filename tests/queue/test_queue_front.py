@@ -418,12 +418,16 @@ def test_commit_failure_leaves_nothing_behind(factory: Factory,
         front.envelope_create(msgid, make_env())
     real_put = front.backend.put
 
-    def put(kind: Kind, oid: int, data: object) -> int:
-        if kind is Kind.MESSAGE:
-            raise OSError(28, "No space left on device")
-        return real_put(kind, oid, data)  # type: ignore[arg-type]
+    def put_many(items: list[tuple[Kind, int, object]]) -> list[int]:
+        # the envelopes land, then the disk fills up at the message blob
+        sizes = []
+        for kind, oid, data in items:
+            if kind is Kind.MESSAGE:
+                raise OSError(28, "No space left on device")
+            sizes.append(real_put(kind, oid, data))  # type: ignore[arg-type]
+        return sizes
 
-    monkeypatch.setattr(front.backend, "put", put)
+    monkeypatch.setattr(front.backend, "put_many", put_many)
     with pytest.raises(OSError, match="No space"):
         front.message_commit(msgid)
     assert list(front.backend.list(Kind.ENVELOPE)) == []
