@@ -16,12 +16,10 @@ modes, both sides in the same mode:
                 StatCollector histogram (Node._dispatch, unchanged).  There is
                 no control process here: the collector's per-iteration drain
                 runs, but the ANY_STAT_UPDATE frame it would send is not.
-- node*, node*+prof: FixedNode below, the same with the changes suggested
-                for node.py (cached flag bools and keys, timed stat flush).
 
 Each (mode, level) runs R times, interleaved so machine noise hits every mode
 alike; the table shows the run with the median throughput.  The profiling
-overhead is printed twice for node and node*: end to end (round trips/s and p50, on vs off, which
+overhead is printed twice: end to end (round trips/s and p50, on vs off, which
 on a shared machine is within noise) and per dispatch, in process, without I/O
 (Node._dispatch on a prepared frame, profiling on vs off).
 """
@@ -40,11 +38,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from imsg import Channel, Frame
-from smtpd.msg import WITH_FD, MessageCreated, Msg, MsgError, Proc, Request, decode, encode
+from smtpd.msg import MessageCreated, Msg, Proc, Request, encode
 from smtpd.node import Node
-from smtpd.trace import Profile, Trace
+from smtpd.trace import Profile
 
-MODES = ("raw", "node", "node+prof", "node*", "node*+prof")
+MODES = ("raw", "node", "node+prof")
 RAW_REQUEST = int(Msg.SMTP_MESSAGE_CREATE)
 RAW_REPLY = int(Msg.QUEUE_MESSAGE_CREATED)
 
@@ -138,91 +136,16 @@ class BenchClient(Node):
         self.send(Proc.QUEUE, Msg.SMTP_MESSAGE_CREATE, Request(reqid))
 
 
-class FixedNode(Node):
-    """Node with the changes this benchmark suggests for smtpd/node.py (the
-    `*` modes); everything else is inherited unchanged:
-
-    - `profiles & Profile.IMSG` and `traces & Trace.IMSG` are enum.IntFlag
-      operations costing ~0.5-0.9 µs each, paid on every dispatch and on every
-      frame in and out even when off: keep plain bools in sync instead;
-    - the stat key f-string (with Msg.name, an enum property) is built once
-      per type, not per dispatch;
-    - stats are flushed by a timer (STAT_FLUSH_DELAY) rather than call_soon:
-      with profiling on, call_soon costs one extra loop iteration plus a drain
-      (and, with a control process, one ANY_STAT_UPDATE frame) per iteration,
-      which at low load means per dispatch.
-    """
-
-    STAT_FLUSH_DELAY = 0.5
-    _profile_imsg = False
-    _trace_imsg = False
-    _profile_keys: dict[Msg, str]  # per-instance cache, made by the profiles setter
-
-    @property
-    def profiles(self) -> Profile:
-        return self._profiles
-
-    @profiles.setter
-    def profiles(self, value: Profile) -> None:
-        self._profiles = value
-        self._profile_imsg = bool(value & Profile.IMSG)
-        if not hasattr(self, "_profile_keys"):
-            self._profile_keys = {}
-
-    @property
-    def traces(self) -> Trace:
-        return self._traces
-
-    @traces.setter
-    def traces(self, value: Trace) -> None:
-        self._traces = value
-        self._trace_imsg = bool(value & Trace.IMSG)
-
-    def _dispatch(self, peer: Proc, msg: Msg, frame: Frame) -> None:
-        handler = self.handlers.get((peer, msg))
-        if handler is None:
-            raise MsgError(f"{msg.name} from {peer} has no handler in {self.name}")
-        if (msg in WITH_FD) != (frame.fd is not None):
-            raise MsgError(f"{msg.name} from {peer}: fd mismatch")
-        payload = decode(msg, frame.data)
-        if self._profile_imsg:
-            t0 = time.monotonic_ns()
-            handler(payload, frame)
-            key = self._profile_keys.get(msg)
-            if key is None:
-                key = self._profile_keys[msg] = f"profiling.imsg.{self.name}.{msg.name}"
-            self.stats.observe(key, time.monotonic_ns() - t0)
-        else:
-            handler(payload, frame)
-
-    def _trace_frame(self, peer: Proc, direction: str, frame: Frame) -> None:
-        if self._trace_imsg:
-            super()._trace_frame(peer, direction, frame)
-
-    def _schedule_stat_flush(self) -> None:
-        if self.live:
-            self.loop.call_later(self.STAT_FLUSH_DELAY, self.flush_stats)
-
-
-
-class FixedServer(FixedNode, BenchServer):
-    pass
-
-
-class FixedClient(FixedNode, BenchClient):
-    pass
-
-
 def _profiles(mode: str) -> Profile:
     return Profile.IMSG if mode.endswith("+prof") else Profile(0)
 
 
 def _server_class(mode: str) -> type[BenchServer]:
-    return FixedServer if mode.startswith("node*") else BenchServer
+    return BenchServer
 
 
 def _client_class(mode: str) -> type[BenchClient]:
-    return FixedClient if mode.startswith("node*") else BenchClient
+    return BenchClient
 
 
 # -- the two processes ---------------------------------------------------------
@@ -328,16 +251,16 @@ def in_process_costs(count: int) -> dict[str, float]:
         frame = Frame(int(Msg.QUEUE_MESSAGE_CREATED), encode(MessageCreated(7, 0x51E7B466)),
                       0, os.getpid(), None)
         cases: list[tuple[str, BenchClient, Profile, Callable[[BenchClient], None]]] = []
-        for star, node in (("", BenchClient(Profile(0))), ("*", FixedClient(Profile(0)))):
-            node.handlers[(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED)] = lambda _p, _f: None
-            cases += [
-                (f"node{star} dispatch, profiling off", node, Profile(0),
-                 lambda n: n._dispatch(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, frame)),
-                (f"node{star} dispatch, profiling on", node, Profile.IMSG,
-                 lambda n: n._dispatch(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, frame)),
-                (f"node{star} trace hook per frame, off", node, Profile(0),
-                 lambda n: n._trace_frame(Proc.QUEUE, "in", frame)),
-            ]
+        node = BenchClient(Profile(0))
+        node.handlers[(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED)] = lambda _p, _f: None
+        cases += [
+            ("node dispatch, profiling off", node, Profile(0),
+             lambda n: n._dispatch(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, frame)),
+            ("node dispatch, profiling on", node, Profile.IMSG,
+             lambda n: n._dispatch(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, frame)),
+            ("node trace hook per frame, off", node, Profile(0),
+             lambda n: n._trace_frame(Proc.QUEUE, "in", frame)),
+        ]
         best: dict[str, float] = {}
         for _rep in range(5):
             for label, node, profiles, call in cases:
@@ -389,22 +312,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode:<14}{inflight:>10}{r.rate:>15,.0f}"
                   f"{r.percentile_us(0.5):>10.1f}{r.percentile_us(0.99):>10.1f}")
     print("profiling overhead, end to end (on vs off; within noise on a shared machine):")
-    for base in ("node", "node*"):
-        for inflight in levels:
-            off, on = chosen[(base, inflight)], chosen[(base + "+prof", inflight)]
-            print(f"  {base + ':':<6} {inflight:>3} in flight: round trips/s "
-                  f"{_pct(on.rate, off.rate)}, p50 "
-                  f"{_pct(on.percentile_us(0.5), off.percentile_us(0.5))}, p99 "
-                  f"{_pct(on.percentile_us(0.99), off.percentile_us(0.99))}")
+    for inflight in levels:
+        off, on = chosen[("node", inflight)], chosen[("node+prof", inflight)]
+        print(f"  {inflight:>3} in flight: round trips/s "
+              f"{_pct(on.rate, off.rate)}, p50 "
+              f"{_pct(on.percentile_us(0.5), off.percentile_us(0.5))}, p99 "
+              f"{_pct(on.percentile_us(0.99), off.percentile_us(0.99))}")
     costs = in_process_costs(50_000)
     print("in process, no I/O (ns per call):")
     for label, ns in costs.items():
         print(f"  {label:<40}{ns:>8.0f}")
-    for star in ("", "*"):
-        off_ns = costs[f"node{star} dispatch, profiling off"]
-        on_ns = costs[f"node{star} dispatch, profiling on"]
-        print(f"profiling overhead per dispatch, node{star}: +{on_ns - off_ns:.0f} ns "
-              f"({_pct(on_ns, off_ns)})")
+    off_ns = costs["node dispatch, profiling off"]
+    on_ns = costs["node dispatch, profiling on"]
+    print(f"profiling overhead per dispatch: +{on_ns - off_ns:.0f} ns ({_pct(on_ns, off_ns)})")
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from smtpctl.client import ControlClient, ControlError
+from smtpctl.client import ControlClient, ControlError, run_and_print
 from smtpctl.grammar import GrammarError, parse, usage
 from smtpctl.monitor import monitor
 
@@ -37,28 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if command.name != "monitor":
+        return run_and_print(client, args)
+
+    def fetch() -> list[str]:
+        status, out, err = client.run(["show", "stats"])
+        if status:
+            raise ControlError("\n".join(err))
+        return out
+
     try:
-        if command.name == "monitor":
-            def fetch() -> list[str]:
-                status, out, err = client.run(["show", "stats"])
-                if status:
-                    raise ControlError("\n".join(err))
-                return out
-            try:
-                return monitor(fetch)
-            except KeyboardInterrupt:
-                return 0
-        status, out, err = client.run(args)
+        return monitor(fetch)
+    except KeyboardInterrupt:
+        return 0
     except ControlError as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:
         client.close()
-    for line in out:
-        print(line)
-    for line in err:
-        print(line, file=sys.stderr)
-    return status
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+import sys
 from collections.abc import Iterator
 
 from imsg import Frame, FrameReader
@@ -125,3 +126,20 @@ class ControlClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def run_and_print(client: ControlClient, words: list[str]) -> int:
+    """Run one command, print its output as smtpctl does, return the status.
+    Closes the client."""
+    try:
+        status, out, err = client.run(words)
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    for line in out:
+        print(line)
+    for line in err:
+        print(line, file=sys.stderr)
+    return status

@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Iterator
 
-from smtpctl.client import ControlClient, ControlError
+from smtpctl.client import ControlClient, ControlError, run_and_print
 from smtpctl.localconf import load_local
 from smtpd.queue.envelope import EnvelopeError, load_envelope
 from smtpd.queue.show import queue_line
@@ -63,18 +63,7 @@ def mailq(config: str | None = None) -> int:
             print(f"mailq: {local.spool}: {exc.strerror}", file=sys.stderr)
             return 1
         return 0
-    try:
-        status, out, err = client.run(["show", "queue"])
-    except ControlError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    finally:
-        client.close()
-    for line in out:
-        print(line)
-    for line in err:
-        print(line, file=sys.stderr)
-    return status
+    return run_and_print(client, ["show", "queue"])
 
 
 def main(argv: list[str] | None = None) -> int:
