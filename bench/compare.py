@@ -489,7 +489,10 @@ def environment(versions: dict[Server, str]) -> Iterator[str]:
 def pysmtpd_version() -> str:
     out = subprocess.run([sys.executable, "-c", "import smtpd; print(smtpd.__version__)"],
                          cwd=REPO, capture_output=True, text=True, check=False)
-    return f"pysmtpd {out.stdout.strip() or '?'}"
+    # the tree measured: other work may have changed files since the last commit
+    head = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                          capture_output=True, text=True, check=False).stdout.strip()
+    return f"pysmtpd {out.stdout.strip() or '?'}" + (f" (git {head})" if head else "")
 
 
 # -- main -------------------------------------------------------------------------------
