@@ -78,6 +78,7 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("pause", "envelope", Arg.ID), "pause_envelope", True),
     CommandSpec(("pause", Arg.PAUSABLE), "pause", True),
     CommandSpec(("profile", Arg.PROFILE), "profile", True),
+    CommandSpec(("reload",), "reload", True),
     CommandSpec(("remove", Arg.ID), "remove", True),
     CommandSpec(("resume", "envelope", Arg.ID), "resume_envelope", True),
     CommandSpec(("resume", Arg.PAUSABLE), "resume", True),

@@ -55,6 +55,9 @@ class Msg(enum.IntEnum):
     CTL_PROFILE_SET = 21
     CTL_LOG_VERBOSE = 22
     CTL_STOP = 23
+    PARENT_CONFIG_RELOAD = 24   # the new configuration passed its checks: re-read it
+    CTL_RELOAD = 25             # smtpctl reload
+    PARENT_CTL_RELOAD_RESULT = 26
     # inbound mail: smtp <-> queue, smtp <-> lookup
     SMTP_MESSAGE_CREATE = 30
     QUEUE_MESSAGE_CREATED = 31
@@ -370,6 +373,9 @@ ROUTES: Final[dict[Msg, Route]] = {
     Msg.CTL_PROFILE_SET: Route(frozenset({Proc.CONTROL}), _ALL - {Proc.CONTROL}, TraceSet),
     Msg.CTL_LOG_VERBOSE: Route(frozenset({Proc.CONTROL}), _ALL - {Proc.CONTROL}, LogVerbose),
     Msg.CTL_STOP: Route(frozenset({Proc.CONTROL}), frozenset({Proc.PARENT}), Empty),
+    Msg.PARENT_CONFIG_RELOAD: Route(_P, _S | _L, Empty),
+    Msg.CTL_RELOAD: Route(_C, _P, Request),
+    Msg.PARENT_CTL_RELOAD_RESULT: Route(_P, _C, CtlReply),
     Msg.SMTP_MESSAGE_CREATE: Route(_S, _Q, Request),
     Msg.QUEUE_MESSAGE_CREATED: Route(_Q, _S, MessageCreated),
     Msg.SMTP_MESSAGE_OPEN: Route(_S, _Q, MessageRef),

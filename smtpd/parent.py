@@ -22,18 +22,21 @@ from typing import Any
 
 from imsg import Frame
 from smtpd import __version__, offline, privsep
+from smtpd.config import ConfigError, load_config
 from smtpd.config.listen import ListenError, resolve_listener
 from smtpd.config.model import Config, Listener, ListenerKind
 from smtpd.mda.runner import DeliveryRunner
 from smtpd.msg import (
     CHILDREN,
     PEERS,
+    CtlReply,
     DeliveryStart,
     Empty,
     ListenerSend,
     Msg,
     ParentDeliveryResult,
     Proc,
+    Request,
 )
 from smtpd.node import Node
 from smtpd.options import Options
@@ -166,6 +169,7 @@ class Parent(Node):
         self.loop.add_signal_handler(signal.SIGHUP, self._sighup)
         self.handle(Proc.CONTROL, Msg.CTL_STOP, self._on_ctl_stop)
         self.handle(Proc.QUEUE, Msg.QUEUE_DELIVERY_START, self._on_delivery_start)
+        self.handle(Proc.CONTROL, Msg.CTL_RELOAD, self._on_ctl_reload)
         self.runner = DeliveryRunner(self.loop, self._on_delivery_result)
         self.spawn()
         self.hand_over_sockets()
@@ -205,7 +209,47 @@ class Parent(Node):
         self.request_stop(0)
 
     def _sighup(self) -> None:
-        self.log.info("info: SIGHUP received: configuration reload is not supported yet")
+        self.reload()
+
+    def _on_ctl_reload(self, payload: Request, _frame: Frame) -> None:
+        ok, lines = self.reload()
+        self.send(Proc.CONTROL, Msg.PARENT_CTL_RELOAD_RESULT,
+                  CtlReply(payload.reqid, 0 if ok else 1, lines, True))
+
+    def reload(self) -> tuple[bool, list[str]]:
+        """SIGHUP / smtpctl reload: check the file again; a bad one is refused
+        with file:line and the running configuration stays.  Rules, actions,
+        tables and smtp limits change at once (lookup and smtp re-read the
+        file); sessions and queued mail are untouched.  What needs sockets or
+        keys opened as root (listeners, pki, paths) needs a restart."""
+        try:
+            new = load_config(self.options.config_path, self.options.macros)
+        except ConfigError as exc:
+            for line in exc.errors:
+                self.log.warning("reload refused: %s", line)
+            return False, ["reload refused, the running configuration stays:", *exc.errors]
+        except OSError as exc:
+            text = f"{self.options.config_path}: {exc.strerror}"
+            self.log.warning("reload refused: %s", text)
+            return False, [text]
+        lines = []
+        for what, old_value, new_value in (
+                ("listeners", self.config.listeners, new.listeners),
+                ("pki", self.config.pkis, new.pkis),
+                ("queue path", self.config.queue_path, new.queue_path),
+                ("queue compression/encryption", (self.config.queue.compression,
+                 self.config.queue.encryption), (new.queue.compression, new.queue.encryption)),
+                ("control socket", self.config.control_socket, new.control_socket),
+                ("bounce warn-interval", self.config.bounce_warn_intervals,
+                 new.bounce_warn_intervals)):
+            if old_value != new_value:
+                lines.append(f"{what} changed: takes effect at the next restart")
+                self.log.warning("reload: %s", lines[-1])
+        self.config = new
+        for proc in (Proc.LOOKUP, Proc.SMTP):
+            self.send(proc, Msg.PARENT_CONFIG_RELOAD, Empty())
+        self.log.info("info: configuration reloaded")
+        return True, ["configuration reloaded", *lines]
 
     def request_stop(self, status: int) -> None:
         if self.exit_status is None:

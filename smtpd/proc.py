@@ -46,6 +46,17 @@ class Child(Node):
     def build_privileged(self) -> None:
         """State that needs root (keys, spool ownership); runs before the drop."""
 
+    def reread_config(self) -> Any | None:
+        """The configuration file read again (PARENT_CONFIG_RELOAD), or None
+        when it no longer parses (changed since the parent checked it)."""
+        from smtpd.config import ConfigError, load_config
+        try:
+            return load_config(self.options.config_path, self.options.macros)
+        except (ConfigError, OSError) as exc:
+            self.log.warning("%s: reload: configuration unreadable, keeping the running one: %s",
+                             self.name, exc)
+            return None
+
     def build(self) -> None:
         """State built after the privilege drop, before READY."""
 

@@ -147,6 +147,7 @@ class ControlProcess(Child):
         self.handle(Proc.LOOKUP, Msg.LOOKUP_CTL_REPLY, self._on_ctl_reply)
         self.handle(Proc.SMTP, Msg.SMTP_CTL_ENQUEUE_FD, self._on_enqueue_fd)
         self.handle(Proc.SMTP, Msg.SMTP_CTL_REPLY, self._on_ctl_reply)
+        self.handle(Proc.PARENT, Msg.PARENT_CTL_RELOAD_RESULT, self._on_ctl_reply)
         self.enqueues: dict[int, ClientSession] = {}
         # reqid -> what to do with the lines of the answer once done
         self.requests: dict[int, PendingRequest] = {}
@@ -277,6 +278,9 @@ class ControlProcess(Child):
         reqid = self.next_reqid
         self.next_reqid += 1
         self.requests[reqid] = PendingRequest(client, on_done)
+        if peer is Proc.PARENT:  # the only request the parent takes: reload
+            self.send(peer, Msg.CTL_RELOAD, Request(reqid))
+            return
         msg = {Proc.SCHEDULER: Msg.CTL_SCHEDULER_REQUEST, Proc.QUEUE: Msg.CTL_QUEUE_REQUEST,
                Proc.LOOKUP: Msg.CTL_LOOKUP_REQUEST, Proc.SMTP: Msg.CTL_SMTP_REQUEST}[peer]
         self.send(peer, msg, CtlRequest(reqid, verb, args))
@@ -366,6 +370,9 @@ class ControlProcess(Child):
 
     def cmd_show_hosts(self, client: ClientSession) -> None:
         self._relay(client, Proc.SMTP, "hosts")
+
+    def cmd_reload(self, client: ClientSession) -> None:
+        self._relay(client, Proc.PARENT, "reload")
 
     def cmd_update_table(self, client: ClientSession, name: str) -> None:
         self._relay(client, Proc.LOOKUP, "update-table", name)

@@ -5,6 +5,7 @@ never crashes: a table on a remote server may come and go."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from dataclasses import replace
 from typing import Any
@@ -21,6 +22,7 @@ from smtpd.msg import (
     AuthResult,
     CtlReply,
     CtlRequest,
+    Empty,
     HostLookup,
     HostResult,
     Msg,
@@ -66,23 +68,40 @@ class LookupProcess(Child):
     needs = frozenset({Proc.PARENT})
 
     def build(self) -> None:
-        delim = self.config.smtp.sub_addr_delim
-        self.tables: dict[str, Table] = {}
-        for name, definition in self.config.tables.items():
-            table = open_table(definition, delim)
-            try:
-                table.open()
-            except (TableError, TableTempFail, OSError) as exc:
-                self.log.warning("lookup: table %s: %s", name, exc)
-            self.tables[name] = table
-        self.local_names = local_names(self.config.hostname)
-        self.ruleset = Ruleset(self.config, self.tables, self.local_names)
+        self._load_rules()
+        self.handle(Proc.PARENT, Msg.PARENT_CONFIG_RELOAD, self._on_reload)
         self.handle(Proc.SMTP, Msg.SMTP_RCPT_CHECK, self._on_rcpt)
         self.handle(Proc.SMTP, Msg.SMTP_AUTH_CHECK, self._on_auth)
         self.handle(Proc.QUEUE, Msg.QUEUE_RCPT_CHECK, self._on_queue_rcpt)
         self.handle(Proc.SMTP, Msg.SMTP_HOST_LOOKUP, self._on_host_lookup)
         self.handle(Proc.CONTROL, Msg.CTL_LOOKUP_REQUEST, self._on_ctl)
         self.resolver = make_resolver()
+
+    def _load_rules(self) -> None:
+        delim = self.config.smtp.sub_addr_delim
+        tables: dict[str, Table] = {}
+        for name, definition in self.config.tables.items():
+            table = open_table(definition, delim)
+            try:
+                table.open()
+            except (TableError, TableTempFail, OSError) as exc:
+                self.log.warning("lookup: table %s: %s", name, exc)
+            tables[name] = table
+        self.tables = tables
+        self.local_names = local_names(self.config.hostname)
+        self.ruleset = Ruleset(self.config, self.tables, self.local_names)
+
+    def _on_reload(self, _payload: Empty, _frame: Frame) -> None:
+        new = self.reread_config()
+        if new is None:
+            return
+        old_tables = self.tables
+        self.config = new
+        self._load_rules()
+        for table in old_tables.values():
+            with contextlib.suppress(TableError, OSError):
+                table.close()
+        self.log.info("lookup: rules and tables reloaded")
 
     def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
         status, line = 1, f"smtpctl: unknown lookup request {req.verb}"

@@ -24,6 +24,7 @@ from smtpd.msg import (
     AuthResult,
     CtlReply,
     CtlRequest,
+    Empty,
     EnqueueRequest,
     HostLookup,
     HostResult,
@@ -104,6 +105,7 @@ class SmtpProcess(Child):
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_ENQUEUE, self._on_enqueue)
         self.handle(Proc.QUEUE, Msg.QUEUE_MTA_TRANSFER, self._on_transfer)
         self.handle(Proc.CONTROL, Msg.CTL_SMTP_REQUEST, self._on_ctl)
+        self.handle(Proc.PARENT, Msg.PARENT_CONFIG_RELOAD, self._on_reload)
         self.mta = MtaSide(self)
 
     def runtime_for(self, listener: Listener) -> ListenerRuntime:
@@ -237,6 +239,26 @@ class SmtpProcess(Child):
         task = self.loop.create_task(run(frame.fd))
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
+
+    def _on_reload(self, _payload: Empty, _frame: Frame) -> None:
+        """New limits and relay settings for new sessions; open sessions keep
+        theirs.  Listeners and keys stay: they need a restart."""
+        new = self.reread_config()
+        if new is None:
+            return
+        self.config = new
+        self.listen_socks = [(sock, self.runtime_for(self._listener_for(rt.listener)))
+                             for sock, rt in self.listen_socks]
+        self.mta.config = new
+        self.log.info("smtp: configuration reloaded")
+
+    def _listener_for(self, old: Listener) -> Listener:
+        listener: Listener
+        for listener in self.config.listeners:
+            if (listener.interface, listener.port, listener.kind) == (
+                    old.interface, old.port, old.kind):
+                return listener
+        return old
 
     def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
         status, lines = self.mta.ctl(req.verb)
