@@ -63,14 +63,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-OPENSMTPD = Path("/usr/sbin/smtpd")
+OPENSMTPD = Path("/usr/sbin/smtpd")  # where the Debian package puts it
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 USER = "nobody"  # exists everywhere, not root: both servers deliver as it
 DOMAIN = "bench.test"
 INSTALL_HINT = """\
-OpenSMTPD is not installed (no OpenSMTPD at /usr/sbin/smtpd): measuring pysmtpd alone.
+OpenSMTPD is not installed (no OpenSMTPD at {path}): measuring pysmtpd alone.
 To compare, install the Debian package without letting its service start:
     printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     apt-get install opensmtpd
@@ -111,15 +111,15 @@ class Outcome:
 # -- /proc figures of a process tree ----------------------------------------------------
 
 def tree(root: int) -> list[int]:
-    """The root and its descendants, from /proc/<pid>/task/<pid>/children
-    (a child of a secondary thread is missed; neither server has any)."""
+    """The root and its descendants, from /proc/<pid>/task/<tid>/children
+    (children are listed under the thread that forked them)."""
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
         out.append(pid)
         with contextlib.suppress(OSError, ValueError):
-            todo.extend(int(c) for c in
-                        Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
     return out
 
 
@@ -174,13 +174,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def opensmtpd_version() -> str | None:
-    """"OpenSMTPD 6.8.0p2 (Debian 6.8.0p2-4+b4)", or None when /usr/sbin/smtpd
-    is missing or is another MTA's (Postfix and sendmail install one too)."""
-    if not OPENSMTPD.exists():
+def opensmtpd_version(binary: Path) -> str | None:
+    """"OpenSMTPD 6.8.0p2 (Debian 6.8.0p2-4+b4)", or None when `binary` is
+    missing or is not OpenSMTPD's smtpd."""
+    if not binary.exists():
         return None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run([str(OPENSMTPD), "-h"], capture_output=True, text=True,
+        out = subprocess.run([str(binary), "-h"], capture_output=True, text=True,
                              timeout=10, check=False)
         for line in (out.stdout + out.stderr).splitlines():
             if line.startswith("version: OpenSMTPD"):
@@ -211,7 +211,7 @@ class Daemon:
     by a thread (the last lines kept for errors) and a /proc sampler."""
 
     def __init__(self, server: Server, compression: bool, key: str | None,
-                 keep: bool) -> None:
+                 keep: bool, opensmtpd: Path = OPENSMTPD) -> None:
         self.server = server
         self.keep = keep
         self.work = Path(tempfile.mkdtemp(prefix=f"compare-{server.value}-"))
@@ -246,7 +246,7 @@ class Daemon:
                       ' && bin=$4 && shift 4 && exec "$bin" "$@"')
             argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                     "sh", str(self.work / "spool"), str(self.work / "run"), str(resolv),
-                    str(OPENSMTPD), "-d", "-f", str(conf)]
+                    str(opensmtpd), "-d", "-f", str(conf)]
         self.proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, errors="replace", start_new_session=True)
@@ -515,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-session", type=int, default=1, help="messages per connection")
     p.add_argument("--servers", default="pysmtpd,opensmtpd",
                    help="comma list among pysmtpd,opensmtpd")
+    p.add_argument("--opensmtpd", type=Path, default=OPENSMTPD,
+                   help=f"OpenSMTPD's smtpd binary (default {OPENSMTPD})")
     p.add_argument("--compression", action="store_true", help="queue compression")
     p.add_argument("--encryption", action="store_true",
                    help="queue encryption with a random 32-character key")
@@ -529,9 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [Server(s) for s in ns.servers.split(",") if s]
     versions = {Server.PYSMTPD: pysmtpd_version()} if Server.PYSMTPD in wanted else {}
     if Server.OPENSMTPD in wanted:
-        version = opensmtpd_version()
+        version = opensmtpd_version(ns.opensmtpd)
         if version is None:
-            print(INSTALL_HINT, file=sys.stderr)
+            print(INSTALL_HINT.format(path=ns.opensmtpd), file=sys.stderr)
             wanted.remove(Server.OPENSMTPD)
         elif os.geteuid() != 0:
             print("OpenSMTPD needs root (privilege drop, mount namespace): measuring "
@@ -556,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for server in wanted:  # appended one by one: each is stopped if the next fails
-            daemons.append(Daemon(server, ns.compression, key, ns.keep))
+            daemons.append(Daemon(server, ns.compression, key, ns.keep, ns.opensmtpd))
         for d in daemons:
             d.wait_ready()
         print(md(HEADER))
