@@ -534,6 +534,10 @@ def _child_main(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _write_all(wfd, codec.pack([result.status.value, result.text, result.detail or ""]))
         code = 0
+    except BrokenPipeError:
+        # The parent is gone (daemon stopped or killed): the delivery's own
+        # exactly-once record decides what a restart does; one line is enough.
+        _stderr(f"mda: delivery of {request.evpid:016x}: parent gone, result dropped\n")
     except BaseException as exc:
         _stderr(f"mda: delivery of {request.evpid:016x}: no result: "
                 + "".join(traceback.format_exception(exc)))
