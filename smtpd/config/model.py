@@ -314,6 +314,18 @@ class SmtpOptions:
     max_rcpt: int = DEFAULT_MAX_RCPT
     sub_addr_delim: str = "+"
     ciphers: str = DEFAULT_CIPHERS
+    # Hostile-client limits (our `smtp limit` extensions, docs/security.md).
+    # 0 = no per-source session limit (upstream has none: opt in).
+    max_sessions_per_ip: int = 0
+    # A command line (or a STARTTLS handshake) must be complete within this
+    # many seconds however slowly its bytes trickle in (slowloris).
+    command_timeout: int = 120
+    # DATA, from 354 to the final dot.
+    data_timeout: int = 1800
+    # AUTH failures from one address before AUTH is refused from it.
+    max_auth_failures: int = 5
+    auth_ban: int = 900  # seconds AUTH stays refused after that
+    auth_failure_delay: int = 1  # seconds per failure so far, before 535
 
 
 @dataclass(frozen=True)

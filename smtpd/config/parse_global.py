@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 from smtpd.config import model
 from smtpd.config.builder import KNOWN_BACKENDS, Builder, parse_size
@@ -139,9 +140,12 @@ def parse_smtp(cur: Cursor, b: Builder) -> None:
     s = b.smtp
     if opt == "limit":
         if cur.at_end():
-            raise cur.unexpected(expected=("max-mails", "max-rcpt"))
+            raise cur.unexpected(expected=("max-mails", "max-rcpt", *SMTP_GUARD_LIMITS))
         while not cur.at_end():
-            which = cur.expect("max-mails", "max-rcpt")
+            which = cur.expect("max-mails", "max-rcpt", *SMTP_GUARD_LIMITS)
+            if which in SMTP_GUARD_LIMITS:
+                s = _smtp_guard_limit(cur, b, s, which)
+                continue
             n = b.number_arg(cur, f"{which} limit", low=1)
             if which == "max-mails":
                 s = dataclasses.replace(s, max_mails=n)
@@ -166,6 +170,27 @@ def parse_smtp(cur: Cursor, b: Builder) -> None:
         s = dataclasses.replace(s, sub_addr_delim=delim)
     cur.expect_end()
     b.smtp = s
+
+
+# Our `smtp limit` extensions against hostile clients (docs/security.md):
+# keyword -> (SmtpOptions field, a duration?, lowest value).
+SMTP_GUARD_LIMITS: dict[str, tuple[str, bool, int]] = {
+    "max-sessions-per-ip": ("max_sessions_per_ip", False, 0),
+    "command-timeout": ("command_timeout", True, 1),
+    "data-timeout": ("data_timeout", True, 1),
+    "max-auth-failures": ("max_auth_failures", False, 1),
+    "auth-ban": ("auth_ban", True, 1),
+    "auth-failure-delay": ("auth_failure_delay", False, 0),
+}
+
+
+def _smtp_guard_limit(cur: Cursor, b: Builder, s: model.SmtpOptions,
+                      which: str) -> model.SmtpOptions:
+    field, duration, low = SMTP_GUARD_LIMITS[which]
+    what = f"smtp limit {which}"
+    value = b.delay_arg(cur, what) if duration else b.number_arg(cur, what, low=low)
+    changes: dict[str, Any] = {field: value}
+    return dataclasses.replace(s, **changes)
 
 
 def parse_bounce(cur: Cursor, b: Builder) -> None:

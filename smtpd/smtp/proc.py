@@ -7,18 +7,20 @@ awaits its answer; the imsg handlers resolve them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import pwd
 import resource
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from imsg import Frame
 from smtpd import privsep
-from smtpd.config.model import AuthMode, Listener, TlsMode
+from smtpd.config.model import AuthMode, Listener, SmtpOptions, TlsMode
 from smtpd.msg import (
     AuthCheck,
     AuthResult,
@@ -45,6 +47,7 @@ from smtpd.msg import (
     chunk_lines,
 )
 from smtpd.proc import Child
+from smtpd.smtp.guard import GuardLimits, SourceGuard
 from smtpd.smtp.mta import MtaSide
 from smtpd.smtp.protocol import ProtocolLimits
 from smtpd.smtp.reply import Reply
@@ -93,6 +96,7 @@ class SmtpProcess(Child):
         self.paused = "smtp" in self.options.paused
         self.accepting = False
         self.fd_limit = _fd_limit()
+        self.guard = _source_guard(self.config.smtp)
         self.handle(Proc.PARENT, Msg.PARENT_LISTENER_SEND, self._on_listener)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, self._resolve)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_FD, self._resolve_fd)
@@ -162,7 +166,7 @@ class SmtpProcess(Child):
             self._exhausted("descriptor reserve reached")
             return
         try:
-            conn, _addr = sock.accept()
+            conn, addr = sock.accept()
         except BlockingIOError:
             return
         except OSError as exc:
@@ -173,9 +177,24 @@ class SmtpProcess(Child):
                 return
             raise
         conn.setblocking(False)
+        src = str(addr[0]) if isinstance(addr, tuple) else ""
+        if src and not self.guard.open(src):
+            self._refuse_flood(conn, src)
+            return
         task = self.loop.create_task(self._session(conn, runtime))
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
+        if src:
+            task.add_done_callback(lambda _task: self.guard.close(src))
+
+    def _refuse_flood(self, conn: socket.socket, src: str) -> None:
+        # `smtp limit max-sessions-per-ip`: one best-effort line, no session
+        # (RFC 5321 §3.8: a 421 may be sent instead of the greeting).
+        self.log.info("smtp: refusing connection from %s: too many sessions", src)
+        self.stats.increment("smtp.session.refused")
+        with contextlib.suppress(OSError):
+            conn.send(b"421 4.7.0 Too many connections from your address\r\n")
+        conn.close()
 
     def _exhausted(self, why: str) -> None:
         # Never fatal: stop taking clients, keep serving the open sessions.
@@ -213,7 +232,8 @@ class SmtpProcess(Child):
             ctx = runtime.ssl_context if runtime.smtps else None
             await self.loop.connect_accepted_socket(
                 lambda: protocol, conn, ssl=ctx,
-                ssl_handshake_timeout=30 if ctx else None)
+                ssl_handshake_timeout=min(30, self.config.smtp.command_timeout)
+                if ctx else None)
             if ctx is not None:
                 self.stats.increment("smtp.smtps")
             await done
@@ -372,6 +392,13 @@ class SmtpProcess(Child):
 
     def on_stop(self) -> None:
         self._stop_accepting()
+
+
+def _source_guard(opts: SmtpOptions) -> SourceGuard:
+    return SourceGuard(GuardLimits(
+        max_sessions_per_ip=opts.max_sessions_per_ip,
+        max_auth_failures=opts.max_auth_failures, auth_ban=float(opts.auth_ban),
+        auth_failure_delay=float(opts.auth_failure_delay)), time.monotonic)
 
 
 def _fd_limit() -> int:

@@ -42,6 +42,8 @@ READ_SIZE = 65536
 IDLE_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7: server timeout, 5 minutes
 QUEUE_UNAVAILABLE = Reply(421, "4.3.0", "Temporary failure, try again later")
 TEMPFAIL = Reply(451, "4.3.0", "Temporary failure")
+AUTH_BANNED = Reply(454, "4.7.0", "Too many authentication failures, try again later")
+AUTH_BANNED_CLOSE = Reply(421, "4.7.0", "Too many authentication failures, closing connection")
 
 
 def reply_from_line(line: str) -> Reply:
@@ -109,6 +111,9 @@ class Session:
             self.rdns = listener.limits.hostname
         self.log = smtp.log
         self.reason = "quit"
+        # Monotonic time by which the command (or DATA) being received must be
+        # complete; None while waiting idle for the next command.
+        self.deadline: float | None = None
 
     # -- the loop --------------------------------------------------------------
 
@@ -147,19 +152,45 @@ class Session:
             event = self.proto.next_event()
             if event is NEED_DATA:
                 await self._drain()
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
+                data = await asyncio.wait_for(self.reader.read(READ_SIZE),
+                                              self._read_timeout())
+                self._arm_deadline(data)
                 self.proto.receive_data(data)
                 continue
             if event is PAUSED:
                 return
             assert not isinstance(event, Sentinel)
             reply = await self._handle(event)
+            self._next_deadline(event, reply)
             if reply is not None:
                 self._answer(event, reply)
             if isinstance(event, E.StartTls) and reply is R.STARTTLS_GO:
                 await self._drain()
                 await self._start_tls()
         await self._drain()
+
+    # -- deadlines against slowloris ----------------------------------------------
+    # The idle timeout alone lets a client that sends a byte a second hold a
+    # session forever: a command must also arrive whole within
+    # `smtp limit command-timeout` of its first byte, and DATA within
+    # `data-timeout` of the 354 (RFC 5321 §4.5.3.2 gives per-stage timeouts).
+
+    def _read_timeout(self) -> float:
+        if self.deadline is None:
+            return IDLE_TIMEOUT
+        return max(0.0, min(IDLE_TIMEOUT, self.deadline - time.monotonic()))
+
+    def _arm_deadline(self, data: bytes) -> None:
+        if data and self.deadline is None:
+            self.deadline = time.monotonic() + self.smtp.config.smtp.command_timeout
+
+    def _next_deadline(self, event: E.Event, reply: Reply | None) -> None:
+        if isinstance(event, E.DataChunk):
+            return
+        if isinstance(event, E.DataStart) and reply is not None and reply.code == 354:
+            self.deadline = time.monotonic() + self.smtp.config.smtp.data_timeout
+        else:
+            self.deadline = None
 
     def _answer(self, event: E.Event, reply: Reply) -> None:
         failed = reply.code >= 400 and not isinstance(event, E.DataEnd)
@@ -187,7 +218,10 @@ class Session:
             self.log.info("%s smtp: discarding %d bytes sent after STARTTLS", self.sid,
                           len(buffered))
             buffered.clear()
-        await self.writer.start_tls(ctx)
+        # A handshake that never finishes is bounded like a command.
+        limit = self.smtp.config.smtp.command_timeout
+        await asyncio.wait_for(self.writer.start_tls(ctx, ssl_handshake_timeout=limit),
+                               limit + 1)
         self.proto.start_tls_done()
         self.smtp.stats.increment("smtp.tls")
 
@@ -373,16 +407,36 @@ class Session:
         return Reply(250, "2.0.0", f"{msgid:08x} Message accepted for delivery")
 
     async def _auth(self, event: E.AuthCredentials) -> Reply:
+        if self.smtp.guard.auth_banned(self.src):
+            # Credentials are not even checked: no oracle for a banned source.
+            self.log.info("%s smtp authentication user=%s result=banned", self.sid,
+                          event.username)
+            return AUTH_BANNED
         status = await self.smtp.lookup_auth(self.listener.listener.auth_table or "",
                                              event.username, event.password)
         if status == "ok":
             self.auth_user = event.username
+            self.smtp.guard.auth_succeeded(self.src)
             self.log.info('%s smtp authentication user=%s result=ok', self.sid, event.username)
             return R.AUTH_OK
         self.log.info('%s smtp authentication user=%s result=%s', self.sid, event.username,
                       "tempfail" if status == "tempfail" else "permfail")
         if status == "tempfail":
             return Reply(454, "4.7.0", "Temporary authentication failure")
+        return await self._auth_failure()
+
+    async def _auth_failure(self) -> Reply:
+        """`smtp limit max-auth-failures`: each failure is answered later than
+        the last; the one that reaches the limit closes the session with 421
+        and AUTH is refused from that address for `auth-ban`."""
+        delay, banned = self.smtp.guard.auth_failed(self.src)
+        if delay:
+            await asyncio.sleep(delay)
+        if banned:
+            self.log.warning("%s smtp: too many authentication failures from %s",
+                             self.sid, self.src)
+            self.reason = "auth-banned"
+            return AUTH_BANNED_CLOSE
         return R.AUTH_FAILED
 
     def _rollback(self) -> None:
