@@ -162,7 +162,7 @@ class Expander:
         state.envelopes.append(replace(
             template, type=DeliveryType.MDA, dispatcher=action.name,
             dest=dest if "@" in dest else f"{info.username}@{domain}",
-            mda_user=run_as, mda_subaddress=tag, mda_exec=action.mda_command or ""))
+            mda_user=run_as, mda_subaddress=tag))
 
     def _userinfo(self, action: Action, user: str) -> UserInfo | None:
         if action.userbase_table is not None:
