@@ -32,6 +32,7 @@ TABLE_USES: dict[str, tuple[str, str]] = {
     "relay-domain": ("mapping", "host"),
     "relay-host": ("list", "host"),
     "relay-auth": ("mapping", "auth"),
+    "tls-policy": ("mapping", "tls-policy"),
     "listen-auth": ("mapping", "auth"),
     "hostnames": ("mapping", "hostnames"),
     "senders": ("mapping", "senders"),

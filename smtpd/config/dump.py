@@ -125,6 +125,10 @@ def _relay(config: model.Config, r: model.RelayOptions) -> list[str]:
         out.append("backup" + (f" mx {q(r.backup_mx)}" if r.backup_mx else ""))
     if r.tls is not model.RelayTls.OPPORTUNISTIC:
         out.append(r.tls.value)
+    if r.tls_policy is not model.RelayTlsPolicy.NONE:
+        out.append(f"tls-policy {r.tls_policy.value}")
+    if r.tls_policy_table:
+        out.append(f"tls-policy {table_ref(config, r.tls_policy_table)}")
     if r.auth_table:
         out.append(f"auth {table_ref(config, r.auth_table)}")
     for attr, word in (("helo", "helo"), ("pki", "pki"), ("ca", "ca"), ("mail_from", "mail-from"),

@@ -164,6 +164,17 @@ class RelayTls(enum.Enum):
     REQUIRE_NO_VERIFY = "tls no-verify"
 
 
+class RelayTlsPolicy(enum.Enum):
+    """Which published outbound TLS policy a relay honours for MX delivery
+    (``relay tls-policy mta-sts|dane|both|none``, or per destination domain
+    through ``tls-policy <table>``): RFC 8461 MTA-STS, RFC 7672 DANE."""
+
+    NONE = "none"
+    MTA_STS = "mta-sts"
+    DANE = "dane"
+    BOTH = "both"  # DANE where TLSA records exist, else MTA-STS (RFC 8461 §2)
+
+
 class RelayProto(enum.Enum):
     SMTP = "smtp"  # opportunistic STARTTLS
     SMTP_TLS = "smtp+tls"  # mandatory STARTTLS
@@ -213,6 +224,8 @@ class RelayOptions:
     ciphers: str | None = None
     protocols: str | None = None
     filter: str | None = None
+    tls_policy: RelayTlsPolicy = RelayTlsPolicy.NONE
+    tls_policy_table: str | None = None  # ``tls-policy <t>``: domain -> policy word
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ METHODS = ("maildir", "mbox", "mda", "lmtp", "forward-only", "expand-only", "rel
 LOCAL_OPTIONS = ("alias", "virtual", "userbase", "user", "wrapper", "forward-file", "ttl")
 RELAY_OPTIONS = (
     "helo", "helo-src", "pki", "ca", "ciphers", "protocols", "src", "mail-from", "backup",
-    "host", "domain", "tls", "auth", "filter", "srs", "ttl",
+    "host", "domain", "tls", "tls-policy", "auth", "filter", "srs", "ttl",
 )
+TLS_POLICIES = tuple(p.value for p in model.RelayTlsPolicy)
 
 _URL = re.compile(
     r"(?:(?P<proto>[a-z+]+)://)?(?:(?P<label>[^@/]+)@)?"
@@ -166,6 +167,17 @@ def _relay_options(cur: Cursor, b: Builder, a: dict[str, Any]) -> model.RelayOpt
             once("tls", "tls")
             r["tls"] = (model.RelayTls.REQUIRE_NO_VERIFY if cur.accept("no-verify")
                         else model.RelayTls.REQUIRE)
+        elif opt == "tls-policy":
+            # pysmtpd extension: MTA-STS / DANE for MX delivery, one policy
+            # for every domain or a table of domain -> policy word
+            if "tls_policy" in r or "tls_policy_table" in r:
+                raise cur.error("tls-policy already specified for this dispatcher", tok)
+            if cur.is_kw(*TLS_POLICIES):
+                r["tls_policy"] = model.RelayTlsPolicy(cur.take().value)
+            elif cur.is_punct("<"):
+                r["tls_policy_table"] = b.table_arg(cur, "tls-policy table", "tls-policy")
+            else:
+                raise cur.unexpected(expected=TLS_POLICIES)
         elif opt == "auth":
             if not ("host" in r or "host_table" in r or "domain_table" in r):
                 raise cur.error("auth may not be specified without host on a dispatcher", tok)
