@@ -11,6 +11,7 @@ import enum
 import re
 from dataclasses import dataclass
 
+from smtpd.stat.views import KEY_RE, parse_duration
 from smtpd.trace import PROFILE_NAMES, TRACE_NAMES
 
 
@@ -23,6 +24,8 @@ class Arg(enum.Enum):
     TABLE = "<table>"
     PAUSABLE = "mda|mta|smtp"
     STRING = "<string>"
+    STAT_KEY = "<key>"
+    DURATION = "<duration>"
 
 
 _ID_RE = re.compile(r"^(all|[0-9a-fA-F]{1,8}|[0-9a-fA-F]{9,16})$")
@@ -48,6 +51,14 @@ def _matches(arg: Arg, word: str) -> bool:
         case Arg.PAUSABLE:
             return word in ("mda", "mta", "smtp")
         case Arg.STRING:
+            return True
+        case Arg.STAT_KEY:
+            return bool(KEY_RE.match(word))
+        case Arg.DURATION:
+            try:
+                parse_duration(word)
+            except ValueError:
+                return False
             return True
 
 
@@ -80,6 +91,8 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("profile", Arg.PROFILE), "profile", True),
     CommandSpec(("reload",), "reload", True),
     CommandSpec(("remove", Arg.ID), "remove", True),
+    CommandSpec(("report",), "report", False),
+    CommandSpec(("report", "--since", Arg.DURATION), "report", False),
     CommandSpec(("resume", "envelope", Arg.ID), "resume_envelope", True),
     CommandSpec(("resume", Arg.PAUSABLE), "resume", True),
     CommandSpec(("schedule", Arg.ID), "schedule", True),
@@ -90,7 +103,11 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("show", "queue"), "show_queue", False),
     CommandSpec(("show", "relays"), "show_relays", False),
     CommandSpec(("show", "routes"), "show_routes", False),
+    CommandSpec(("show", "profile"), "show_profile", False),
     CommandSpec(("show", "stats"), "show_stats", False),
+    CommandSpec(("show", "stats", "--history", Arg.STAT_KEY), "show_stats_history", False),
+    CommandSpec(("show", "stats", "--history", Arg.STAT_KEY, "--since", Arg.DURATION),
+                "show_stats_history", False),
     CommandSpec(("show", "status"), "show_status", False),
     CommandSpec(("stop",), "stop", True),
     CommandSpec(("trace", Arg.TRACE), "trace", True),

@@ -16,7 +16,7 @@ from smtpd.config.lexer import Tok
 
 # Table backends this implementation opens (smtpd.table.backend.REGISTRY;
 # a test keeps both in sync) and upstream backends we parse but do not have.
-SUPPORTED_BACKENDS = frozenset({"static", "file", "sqlite", "getpwnam"})
+SUPPORTED_BACKENDS = frozenset({"static", "file", "sqlite", "getpwnam", "postgres", "redis"})
 KNOWN_BACKENDS = SUPPORTED_BACKENDS | {
     "db", "ldap", "mysql", "postgres", "redis", "socketmap", "passwd", "proc", "proc-exec",
 }
@@ -101,6 +101,9 @@ class Builder:
     smtp: model.SmtpOptions = field(default_factory=model.SmtpOptions)
     control_socket: str = model.DEFAULT_CONTROL_SOCKET
     stats_path: str | None = None
+    stats_interval: int = 1
+    stats_keep: int = 365 * 86400
+    stats_prometheus: tuple[str, int] | None = None
     bounce_warn: tuple[int, ...] = model.DEFAULT_BOUNCE_WARN
     srs_key: str | None = None
     srs_key_backup: str | None = None

@@ -169,7 +169,11 @@ def dump(config: model.Config, redact: bool = False) -> str:
     lines.append(f"queue path {q(qo.path)}")
     lines.append(f"control socket {q(config.control_socket)}")
     if config.stats_path is not None:
-        lines.append(f"stats persistent {q(config.stats_path)}")
+        lines.append(f"stats persistent {q(config.stats_path)} "
+                     f"interval {config.stats_interval} keep {config.stats_keep}s")
+    if config.stats_prometheus is not None:
+        addr, port = config.stats_prometheus
+        lines.append(f"stats prometheus on {addr} port {port}")
     if qo.compression:
         lines.append("queue compression")
     if qo.encryption:

@@ -370,6 +370,9 @@ class Config:
     control_socket: str = DEFAULT_CONTROL_SOCKET
     # our extension `stats persistent "PATH"`: keep stat history in SQLite
     stats_path: str | None = None
+    stats_interval: int = 1                # `... interval N`: seconds between samples
+    stats_keep: int = 365 * 86400          # `... keep D`: how long hourly history stays
+    stats_prometheus: tuple[str, int] | None = None  # `stats prometheus [on ADDR] port N`
     listeners: tuple[Listener, ...] = ()
     tables: Mapping[str, TableDef] = field(default_factory=lambda: MappingProxyType({}))
     pkis: Mapping[str, Pki] = field(default_factory=lambda: MappingProxyType({}))

@@ -128,10 +128,30 @@ def parse_control(cur: Cursor, b: Builder) -> None:
 
 
 def parse_stats(cur: Cursor, b: Builder) -> None:
-    """Our extension: `stats persistent "PATH"` keeps a history of every stat in
-    an SQLite file, so an operator can graph live profiling (the seed)."""
-    cur.expect("persistent")
+    """Our extensions (docs/observability.md):
+    `stats persistent "PATH" [interval N] [keep D]` samples every stat each N
+    seconds (default 1) into an SQLite file, hourly history kept D (default
+    365d), so an operator can graph live profiling (the seed);
+    `stats prometheus [on ADDR] port N` serves the stats to Prometheus
+    (ADDR defaults to 127.0.0.1)."""
+    which = cur.expect("persistent", "prometheus")
+    if which == "prometheus":
+        addr = "127.0.0.1"
+        if cur.accept("on"):
+            addr = cur.value("address")
+        cur.expect("port")
+        b.stats_prometheus = (addr, b.number_arg(cur, "port", low=1, high=65535))
+        cur.expect_end()
+        return
     b.stats_path = b.abspath(cur.value("stats database path"))
+    while not cur.at_end():
+        opt = cur.expect("interval", "keep")
+        if opt == "interval":
+            b.stats_interval = b.number_arg(cur, "stats interval", low=1, high=3600)
+        else:
+            b.stats_keep = b.delay_arg(cur, "stats keep delay")
+            if b.stats_keep < 7 * 86400:
+                raise cur.error("stats keep must be at least 7d (a week of minutes is kept)")
     cur.expect_end()
 
 

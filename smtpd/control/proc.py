@@ -44,8 +44,11 @@ from smtpd.msg import (
     encode,
 )
 from smtpd.proc import Child
+from smtpd.stat import prometheus
 from smtpd.stat.backend import StatBackend, open_backend
 from smtpd.stat.kinds import StatUpdate
+from smtpd.stat.persistent import PersistentStat, Retention
+from smtpd.stat.views import history_lines, parse_duration, profile_lines, profile_rows
 from smtpd.trace import Profile, Trace, parse_profile, parse_trace
 
 ACCEPT_RETRY = 1.0
@@ -133,8 +136,14 @@ class ControlProcess(Child):
     def build_privileged(self) -> None:
         # Opened before the chroot: afterwards only the open file is reachable.
         path = self.config.stats_path
-        self.backend: StatBackend = (open_backend("persistent", path) if path
+        retention = Retention(interval=self.config.stats_interval, keep=self.config.stats_keep)
+        self.backend: StatBackend = (open_backend("persistent", path, retention) if path
                                      else open_backend("ramstat"))
+        # Bound before the drop (any port), served on our loop once live.
+        where = self.config.stats_prometheus
+        self.prometheus = (prometheus.PrometheusServer(prometheus.listen(*where),
+                                                       self._stats_now)
+                           if where else None)
 
     def build(self) -> None:
         self.started = time.time()
@@ -190,6 +199,7 @@ class ControlProcess(Child):
         self.stats.timestamp("control.started", self.started)
         self.stats.set("control.session", 0)
         self._resume_accept()
+        self._start_observability()
 
     def _resume_accept(self) -> None:
         if self.listen_sock is not None:
@@ -232,6 +242,47 @@ class ControlProcess(Child):
 
     def cmd_show_stats(self, client: ClientSession) -> None:
         client.reply(self.stat_lines())
+
+    # -- observability (docs/observability.md) -----------------------------------
+
+    def _start_observability(self) -> None:
+        if isinstance(self.backend, PersistentStat):
+            self._sample_tick()
+        if self.prometheus is not None:
+            self.loop.create_task(self.prometheus.start())
+
+    def _stats_now(self) -> tuple[dict[str, Any], int]:
+        self.flush_stats()
+        return self.backend.raw(), int(time.time() - self.started)
+
+    def _sample_tick(self) -> None:
+        # Every key, every interval, changed or not (the backend stores runs).
+        assert isinstance(self.backend, PersistentStat)
+        if self.stopping.is_set():
+            return
+        self.flush_stats()
+        now_ns = time.time_ns()
+        self.backend.sample(now_ns, {"uptime": (now_ns // 1_000_000_000) - int(self.started)})
+        interval = self.backend.retention.interval
+        # aligned on the wall clock, so samples of one run land on round seconds
+        self.loop.call_later(interval - (time.time() % interval), self._sample_tick)
+
+    def cmd_show_profile(self, client: ClientSession) -> None:
+        self.flush_stats()
+        client.reply(profile_lines(profile_rows(self.backend.raw())))
+
+    def cmd_show_stats_history(self, client: ClientSession, key: str,
+                               since: str = "1h") -> None:
+        if not isinstance(self.backend, PersistentStat):
+            client.reply(["smtpctl: no stat history: smtpd.conf has no "
+                          "`stats persistent \"PATH\"`"], status=1, stderr=True)
+            return
+        now = int(time.time())
+        points = self.backend.history(key, now - parse_duration(since), now)
+        if not points:
+            client.reply([f"smtpctl: no history for {key}"], status=1, stderr=True)
+            return
+        client.reply(history_lines(points))
 
     def cmd_show_status(self, client: ClientSession) -> None:
         client.reply([f"{s.upper()} {'paused' if s in self.paused else 'running'}"
@@ -407,6 +458,8 @@ class ControlProcess(Child):
         client.reply(self.stat_lines())
 
     def on_stop(self) -> None:
+        if self.prometheus is not None:
+            self.prometheus.close()
         self.backend.close()
 
     def cmd_stop(self, client: ClientSession) -> None:

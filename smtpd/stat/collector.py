@@ -52,7 +52,7 @@ class StatCollector:
     def drain(self) -> list[StatUpdate]:
         updates = [StatUpdate(k, kind, StatOp.SET, v) for k, (kind, v) in self._sets.items()]
         updates += [StatUpdate(k, StatKind.COUNTER, StatOp.INCREMENT, v)
-                    for k, v in self._increments.items() if v]
+                    for k, v in self._increments.items()]
         updates += [StatUpdate(k, StatKind.HISTOGRAM, StatOp.MERGE, h.to_wire())
                     for k, h in self._histograms.items()]
         self._sets.clear()

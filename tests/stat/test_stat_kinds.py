@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from smtpd.stat.backend import open_backend
@@ -65,46 +62,3 @@ def test_ramstat_renders_sorted_typed_values() -> None:
              StatUpdate("z", StatKind.COUNTER, StatOp.INCREMENT, -1),
              StatUpdate("a", StatKind.DURATION, StatOp.SET, 1_500_000_000)], 0)
     assert list(b.items()) == [("a", "1.500000s"), ("z", "1")]
-
-
-def test_persistent_backend_keeps_history(tmp_path: Path) -> None:
-    path = tmp_path / "stats.db"
-    b = open_backend("persistent", str(path))
-    for second in range(3):
-        b.apply([StatUpdate("smtp.session", StatKind.COUNTER, StatOp.INCREMENT, 1)],
-                second * 1_000_000_000)
-    b.close()
-    rows = sqlite3.connect(path).execute(
-        "SELECT ts, value FROM samples WHERE key = 'smtp.session' ORDER BY ts").fetchall()
-    assert [v for _, v in rows] == [1, 2, 3]
-    with pytest.raises(ValueError):
-        open_backend("nosuch")
-
-
-def test_daemon_keeps_stat_history(tmp_path: Path) -> None:
-    """`stats persistent "PATH"`: the running daemon writes its stats (and
-    imsg profiling) to SQLite, where an operator can graph them."""
-    import shutil
-    import time
-
-    from tests.integration.conftest import basic_config
-    from tests.integration.daemon import Daemon, temp_workdir
-
-    workdir = temp_workdir()
-    db = workdir / "stats.db"
-    d = Daemon(workdir, f'stats persistent "{db}"\n' + basic_config(workdir))
-    try:
-        d.start()
-        assert d.smtpctl("profile", "imsg").returncode == 0
-        for _ in range(3):
-            d.smtpctl("show", "stats")
-            time.sleep(0.6)
-        d.stop()
-        rows = sqlite3.connect(db).execute(
-            "SELECT key, COUNT(*) FROM samples GROUP BY key").fetchall()
-        keys = dict(rows)
-        assert any(k.startswith("imsg.queue.") for k in keys)
-        assert any(k.startswith("profiling.imsg.") and k.endswith(".count") for k in keys)
-    finally:
-        d.kill_group()
-        shutil.rmtree(workdir, ignore_errors=True)
