@@ -23,7 +23,7 @@ import dataclasses
 import os
 import ssl
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from smtpd.mta.transfer import (
     Recipient,
@@ -110,6 +110,7 @@ class MtaSession:
         self.greeting: Reply | None = None
         self.tls_active = config.tls is TlsPolicy.SMTPS
         self.authenticated = False
+        self.verified = False  # the peer was authenticated (PKIX or a hard TlsCheck)
         self.messages = 0  # transactions started on this connection
         self._closed = False
         self._closing = False  # a 421 was received
@@ -134,6 +135,8 @@ class MtaSession:
                                host_failure=True) from exc
         session = cls(reader, writer, config, host, port)
         try:
+            if ctx is not None:
+                session._after_tls(ctx)
             await session._handshake()
         except _TlsFailed as exc:
             session.abort()
@@ -224,6 +227,31 @@ class MtaSession:
             raise _TlsFailed(f"421 4.7.0 TLS handshake failed: {_reason(exc)}") from exc
         self.client.tls_established()
         self.tls_active = True
+        self._after_tls(ctx)
+
+    def _after_tls(self, ctx: ssl.SSLContext) -> None:
+        """Record whether the peer is authenticated; run the TlsCheck."""
+        self.verified = ctx.verify_mode == ssl.CERT_REQUIRED
+        check = self.config.tls_check
+        if check is None:
+            return
+        sslobj = self.writer.get_extra_info("ssl_object")
+        chain: list[bytes] = []
+        if isinstance(sslobj, ssl.SSLObject):
+            # Python 3.13's SSLObject.get_unverified_chain (not in typeshed yet)
+            obj: Any = sslobj
+            certs: list[Any] = obj.get_unverified_chain() or []
+            chain = [ssl.PEM_cert_to_DER_cert(c.public_bytes()) for c in certs]
+        error = check.verify(chain)
+        if error is None:
+            self.verified = self.verified or not check.soft
+            return
+        if check.soft:
+            if check.report is not None:
+                check.report(f"{check.what} check of {self.host} failed: {error}")
+            return
+        # RFC 7672 §2.2 / RFC 8461 §4.2: an unauthenticated peer is not used
+        raise _TlsFailed(f"421 4.7.5 {check.what} authentication of {self.host} failed: {error}")
 
     async def _auth(self, user: str, password: str) -> None:
         t = self.config.timeouts
@@ -284,10 +312,12 @@ class MtaSession:
 
     async def send(self, sender: str, recipients: Sequence[Recipient], message: BinaryIO, *,
                    envid: str | None = None, ret: str | None = None,
-                   smtputf8: bool = False) -> TransferResult:
+                   smtputf8: bool = False, requiretls: bool = False) -> TransferResult:
         """Relay one message (spool form, LF line endings) to ``recipients``.
         ``envid`` (xtext) and ``ret`` (FULL/HDRS) go on MAIL when the peer
-        offers DSN.  ``smtputf8`` is implied by a non-ASCII address."""
+        offers DSN.  ``smtputf8`` is implied by a non-ASCII address.
+        ``requiretls`` (RFC 8689) sends only over authenticated TLS to a peer
+        offering REQUIRETLS, and passes the flag on."""
         if not recipients:
             return TransferResult(())
         if self._closed:
@@ -298,6 +328,12 @@ class MtaSession:
         except OSError as exc:
             return fail_all(recipients, Status.TEMPFAIL,
                             f"451 4.3.0 Cannot read the message: {_reason(exc)}")
+        if requiretls and not (self.tls_active and self.verified and "REQUIRETLS" in ext):
+            # RFC 8689 §4.1: no delivery without a verified TLS peer that
+            # takes the flag; §5: 5.7.10, and the message is not retried
+            # in a weaker way
+            return fail_all(recipients, Status.PERMFAIL,
+                            "550 5.7.10 REQUIRETLS support required")
         utf8 = smtputf8 or not (sender.isascii() and all(r.address.isascii() for r in recipients))
         if utf8 and "SMTPUTF8" not in ext:
             # RFC 6531 §3.2: no downgrade; upstream fails the same way.
@@ -318,6 +354,8 @@ class MtaSession:
             params.append("BODY=8BITMIME")
         if utf8:
             params.append("SMTPUTF8")
+        if requiretls:
+            params.append("REQUIRETLS")
         if dsn and ret:
             params.append(f"RET={ret}")
         if dsn and envid:

@@ -8,7 +8,7 @@ text is reply-shaped (``550 5.1.1 text``) so that a bounce can quote it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from smtpd.smtp.reply import Reply
@@ -58,6 +58,21 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class TlsCheck:
+    """A check of the peer's certificate chain after the TLS handshake, for
+    policies the ssl module cannot express (DANE, RFC 7672; MTA-STS testing
+    mode, RFC 8461 §5).  ``verify`` gets the chain as sent (DER, leaf
+    first) and returns None or why it fails.  A failing hard check fails
+    the session (with mandatory TLS: no cleartext retry); a ``soft`` one is
+    only reported (``report`` gets the text) and the session goes on."""
+
+    verify: Callable[[list[bytes]], str | None]
+    soft: bool = False
+    report: Callable[[str], None] | None = None
+    what: str = "DANE"  # names the policy in replies and logs
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     """How to talk to one next hop.
 
@@ -66,7 +81,8 @@ class SessionConfig:
     None means the system trust store.  ``server_name`` is the name checked
     in the certificate and sent as SNI (default: the host given to open).
     ``credentials`` (user, password) make TLS mandatory: AUTH is never sent
-    in clear.  ``source`` is the local address to bind (``relay src``)."""
+    in clear.  ``source`` is the local address to bind (``relay src``).
+    ``tls_check`` runs after the handshake (DANE, MTA-STS testing)."""
 
     helo: str
     lmtp: bool = False
@@ -77,6 +93,7 @@ class SessionConfig:
     credentials: tuple[str, str] | None = field(default=None, repr=False)
     source: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    tls_check: TlsCheck | None = None
 
 
 @dataclass(frozen=True)
