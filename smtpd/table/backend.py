@@ -23,6 +23,8 @@ from smtpd.table.match import (
     parse_userinfo,
     split_list,
 )
+from smtpd.table.postgres import PostgresBackend
+from smtpd.table.redis import RedisBackend
 from smtpd.table.service import Service, TableError, TableTempFail
 from smtpd.table.sqlite import SqliteBackend
 from smtpd.table.static import StaticBackend
@@ -78,6 +80,18 @@ def _sqlite(t: TableDef, delim: str) -> TableBackend:
     return SqliteBackend(t.config)
 
 
+def _postgres(t: TableDef, delim: str) -> TableBackend:
+    if t.config is None:
+        raise TableError(f"table {t.name}: no postgres configuration file")
+    return PostgresBackend(t.config)
+
+
+def _redis(t: TableDef, delim: str) -> TableBackend:
+    if t.config is None:
+        raise TableError(f"table {t.name}: no redis configuration file")
+    return RedisBackend(t.config)
+
+
 def _getpwnam(t: TableDef, delim: str) -> TableBackend:
     return GetpwnamBackend()
 
@@ -89,6 +103,8 @@ REGISTRY: Mapping[str, Factory] = MappingProxyType({
     "file": _file,
     "sqlite": _sqlite,
     "getpwnam": _getpwnam,
+    "postgres": _postgres,
+    "redis": _redis,
 })
 
 
