@@ -69,20 +69,38 @@ class RcptTo:
 
 @dataclass(frozen=True, slots=True)
 class DataStart:
-    """DATA: reply ``DATA_GO`` (354) to receive the message, or refuse."""
+    """DATA, or the first BDAT of a transaction (``bdat``): reply
+    ``DATA_GO`` (354) to receive the message, or refuse.  For BDAT the
+    protocol sends nothing on 354 (RFC 3030 has no intermediate reply) and
+    the message arrives as for DATA: DataChunk events, then DataEnd; a
+    refusal is sent at once and the chunk's octets are discarded."""
+
+    bdat: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class DataChunk:
-    """Message bytes, dot-unstuffed, with every CRLF turned into LF (as
-    OpenSMTPD stores messages).  Chunks end on line boundaries."""
+    """Message bytes, dot-unstuffed (DATA) or as counted (BDAT), with every
+    CRLF turned into LF (as OpenSMTPD stores messages).  Chunks end on line
+    boundaries.  BINARYMIME bodies (BDAT only) are passed unaltered."""
 
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
+class BdatChunkEnd:
+    """A BDAT chunk without LAST was read whole (RFC 3030 §2): send
+    ``reply`` (250) and keep the message open for the next chunk.  The
+    last chunk ends with DataEnd instead, as does a failed chunk."""
+
+    octets: int
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
 class DataEnd:
-    """The CRLF.CRLF terminator was received.  ``size`` counts the bytes of
+    """The CRLF.CRLF terminator (or the end of ``BDAT n LAST``, or of a BDAT
+    chunk that failed) was received.  ``size`` counts the bytes of
     the chunks (LF line endings) including those not emitted.  When ``error``
     is set, the caller discards the message and sends ``error``: 552 5.3.4 if
     ``too_big``, 550 5.5.2 for a bare CR/LF, 500 for an over-long line.
@@ -147,6 +165,7 @@ Event = (
     | RcptTo
     | DataStart
     | DataChunk
+    | BdatChunkEnd
     | DataEnd
     | Rset
     | Noop

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from smtpd.smtp import address as A
 from smtpd.smtp import events as E
 from smtpd.smtp import reply as R
+from smtpd.smtp.bdat import ChunkReader
 from smtpd.smtp.dotstream import DotReader
 from smtpd.smtp.reply import Reply
 
@@ -62,6 +63,8 @@ class State(enum.Enum):
     MAIL = "mail"  # MAIL accepted
     RCPT = "rcpt"  # at least one RCPT accepted
     DATA = "data"  # reading the message
+    BDAT = "bdat"  # reading the octets of a BDAT chunk (RFC 3030)
+    CHUNKING = "chunking"  # between the BDAT chunks of a transaction
     AUTH_PLAIN = "auth-plain"  # waiting for the PLAIN response
     AUTH_LOGIN_USER = "auth-login-user"
     AUTH_LOGIN_PASS = "auth-login-pass"
@@ -83,8 +86,10 @@ class Cmd(enum.Enum):
     EXPN = "EXPN"
     STARTTLS = "STARTTLS"
     AUTH = "AUTH"
+    BDAT = "BDAT"
     # Not verbs: what else the caller may be answering.
-    DOT = "."  # end of DATA
+    DOT = "."  # end of DATA (or of BDAT LAST)
+    CHUNK = "chunk-end"  # end of a BDAT chunk without LAST
     CHALLENGE = "334"  # a SASL challenge
     CREDENTIALS = "credentials"  # the end of a SASL exchange
     ERROR = "error"  # a ProtocolError
@@ -111,6 +116,16 @@ def _build_transitions() -> dict[tuple[State, Cmd], State | Reply]:
     t[State.RCPT, Cmd.RCPT] = State.RCPT
     t[State.RCPT, Cmd.DATA] = State.DATA
     t[State.MAIL, Cmd.DATA] = R.NO_RECIPIENT
+    # RFC 3030 §2: BDAT after RCPT and between chunks; DATA, MAIL and RCPT
+    # between chunks are 503 (no key).  HELO/EHLO too: they would have to
+    # drop a half-received message, RSET says so explicitly.
+    t[State.RCPT, Cmd.BDAT] = State.BDAT
+    t[State.CHUNKING, Cmd.BDAT] = State.BDAT
+    t[State.MAIL, Cmd.BDAT] = R.NO_RECIPIENT
+    for cmd in (Cmd.NOOP, Cmd.HELP, Cmd.VRFY, Cmd.EXPN):
+        t[State.CHUNKING, cmd] = State.CHUNKING
+    t[State.CHUNKING, Cmd.QUIT] = State.CLOSED
+    t[State.CHUNKING, Cmd.RSET] = State.READY  # RFC 3030 §2: clears all chunks
     return t
 
 
@@ -138,6 +153,10 @@ class ProtocolLimits:
     dsn: bool = True  # listener "no-dsn" sets False
     smtputf8: bool = True
     pipelining: bool = True
+    chunking: bool = True  # RFC 3030 CHUNKING (BDAT)
+    # RFC 3030 BINARYMIME: bodies stored unaltered, which the LF spool
+    # cannot give back faithfully yet; off unless the caller can.
+    binarymime: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +199,17 @@ class ServerProtocol:
         self.last_command = ""  # the client's last line, AUTH secrets masked
         self._helo_pending: tuple[str, bool] | None = None
         self._mail_smtputf8 = False
+        self.tx_body: A.Body | None = None  # BODY= of the transaction
+        self._mail_body: A.Body | None = None
+        # BDAT (RFC 3030): the transaction's chunk reader, the pending
+        # command's size and LAST flag, octets to drop before the next
+        # command (a refused chunk) and the reply due once they are dropped.
+        self._chunks: ChunkReader | None = None
+        self._chunk_size = 0
+        self._chunk_last = False
+        self._bdat_failed = False
+        self._discard = 0
+        self._deferred: tuple[Reply, bool] | None = None
         self._effects: dict[Cmd, Callable[[], None]] = {
             Cmd.MAIL: self._tx_begin,
             Cmd.RCPT: self._tx_rcpt,
@@ -188,6 +218,7 @@ class ServerProtocol:
             Cmd.HELO: self._identified,
             Cmd.EHLO: self._identified,
             Cmd.DATA: self._data_begin,
+            Cmd.BDAT: self._bdat_begin,
             Cmd.STARTTLS: self._tls_begin,
             Cmd.CREDENTIALS: self._authenticated,
         }
@@ -196,7 +227,7 @@ class ServerProtocol:
             Cmd.EHLO: self._cmd_ehlo,
             Cmd.MAIL: self._cmd_mail,
             Cmd.RCPT: self._cmd_rcpt,
-            Cmd.DATA: self._cmd_noarg(E.DataStart()),
+            Cmd.DATA: self._cmd_data,
             Cmd.RSET: self._cmd_noarg(E.Rset()),
             Cmd.QUIT: self._cmd_noarg(E.Quit()),
             Cmd.NOOP: lambda arg: E.Noop(),
@@ -275,6 +306,8 @@ class ServerProtocol:
             return PAUSED
         if self._state is State.DATA:
             return self._data_event()
+        if self._state is State.BDAT:
+            return self._bdat_event()
         return self._command_event()
 
     def send(self, reply: Reply) -> bytes:
@@ -299,6 +332,14 @@ class ServerProtocol:
                 effect()
         else:
             self._state = pending.fail
+            if pending.cmd in (Cmd.BDAT, Cmd.CHUNK):
+                # RFC 3030 §2: the refused chunk's octets are still read
+                # (after this reply: it is due now), and no later chunk of
+                # this transaction may start a message without this one.
+                self._bdat_failed = True
+                self._discard = self._chunk_size if pending.cmd is Cmd.BDAT else 0
+        if pending.cmd is Cmd.BDAT and self._state is State.BDAT:
+            return b""  # RFC 3030: no intermediate reply to BDAT
         return reply.to_bytes()
 
     def helo_reply(self, event: E.Helo, peer: str) -> Reply:
@@ -317,6 +358,10 @@ class ServerProtocol:
             kw.append("PIPELINING")
         if lim.smtputf8:
             kw.append("SMTPUTF8")
+        if lim.chunking:
+            kw.append("CHUNKING")
+            if lim.binarymime:
+                kw.append("BINARYMIME")
         if lim.starttls_available and not self.tls_active:
             kw.append("STARTTLS")
         if self.auth_offered:
@@ -350,6 +395,29 @@ class ServerProtocol:
             return E.DataEnd(reader.size, reader.too_big, reader.final_error())
         return self._eof_event()
 
+    def _bdat_event(self) -> E.Event | Sentinel:
+        reader = self._chunks
+        assert reader is not None
+        chunk = reader.read(self._buf)
+        if chunk:
+            return E.DataChunk(chunk)
+        if reader.remaining:
+            return self._eof_event()
+        if self._chunk_last:
+            tail = reader.finish()
+            if tail:
+                return E.DataChunk(tail)
+        error = reader.final_error()
+        if self._chunk_last or error is not None:
+            # The message is complete, or failed at this chunk (RFC 3030
+            # §2: its octets were read, now the error): either way the
+            # session commits or drops it as after DATA.
+            self._chunks = None
+            self._wait(Cmd.DOT, State.READY, fail=State.READY)
+            return E.DataEnd(reader.size, reader.too_big, error)
+        self._wait(Cmd.CHUNK, State.CHUNKING, fail=State.CHUNKING)
+        return E.BdatChunkEnd(reader.chunk_size, R.bdat_ok(reader.chunk_size))
+
     def _eof_event(self) -> E.Event | Sentinel:
         if not self._eof:
             return NEED_DATA
@@ -373,6 +441,17 @@ class ServerProtocol:
         return base
 
     def _command_event(self) -> E.Event | Sentinel:
+        if self._discard:
+            # The octets of a refused BDAT chunk: never read as commands.
+            take = min(self._discard, len(self._buf))
+            del self._buf[:take]
+            self._discard -= take
+            if self._discard:
+                return self._eof_event()
+        if self._deferred is not None:
+            reply, counted = self._deferred
+            self._deferred = None
+            return self._error(reply, counted)
         hard_cap = max(self.limits.max_command_line + MAIL_LINE_EXTRA, MAX_AUTH_LINE)
         while True:
             nl = self._buf.find(b"\n")
@@ -401,7 +480,7 @@ class ServerProtocol:
         self.last_command = "********" if in_auth else _mask(line[:1024])
         if too_long:
             return self._error(R.LINE_TOO_LONG)
-        if self._buf and not self.limits.pipelining:
+        if self._buf and not self.limits.pipelining and line[:5].upper() != b"BDAT ":
             return self._error(R.PIPELINING_UNSUPPORTED, close=True)
         try:
             text = line.decode("utf-8")
@@ -412,11 +491,14 @@ class ServerProtocol:
         try:
             if in_auth:
                 return self._sasl[self._state](text)
-            return self._command(text)
+            event = self._command(text)
         except _Refuse as refusal:
             return self._error(refusal.reply, refusal.counted)
+        # None: a BDAT whose octets come first (a later chunk, or a refused
+        # one whose reply is due after them).
+        return self.next_event() if event is None else event
 
-    def _command(self, text: str) -> E.Event:
+    def _command(self, text: str) -> E.Event | None:
         upper = text[:10].upper()
         if upper.startswith("MAIL FROM:") or upper.startswith("RCPT TO:"):
             verb_text, _, arg = text.partition(":")
@@ -427,6 +509,8 @@ class ServerProtocol:
             cmd = Cmd(verb_text.upper())
         except ValueError:
             raise _Refuse(R.UNRECOGNIZED) from None
+        if cmd is Cmd.BDAT:
+            return self._cmd_bdat(arg.strip(" \t"))
         if cmd not in self._verbs:
             raise _Refuse(R.UNRECOGNIZED)
         if cmd in (Cmd.MAIL, Cmd.RCPT) and not upper.startswith(("MAIL FROM:", "RCPT TO:")):
@@ -450,6 +534,48 @@ class ServerProtocol:
             return event
 
         return handler
+
+    def _cmd_data(self, arg: str | None) -> E.Event:
+        if arg is not None:
+            raise _Refuse(R.NO_ARGUMENTS)
+        if self.tx_body is A.Body.BINARYMIME:
+            raise _Refuse(R.BINARYMIME_NEEDS_BDAT)
+        return E.DataStart()
+
+    def _cmd_bdat(self, arg: str) -> E.Event | None:
+        """``BDAT chunk-size [LAST]`` (RFC 3030 §2).  Returns the DataStart
+        of a transaction's first chunk, or None when the octets are read
+        (a later chunk) or dropped (a refused one, replied to after them)."""
+        words = arg.split()
+        if not words or not (words[0].isascii() and words[0].isdigit()) or len(words[0]) > 20:
+            return self._error(R.BDAT_NO_SIZE, close=True)
+        size = int(words[0])
+        refusal, counted = self._bdat_refusal(words), True
+        if refusal is R.BDAT_AFTER_FAILURE:
+            counted = False  # a pipelined burst after one failure is no abuse
+        if refusal is not None:
+            self._discard = size
+            self._deferred = (refusal, counted)
+            return None
+        self._chunk_size = size
+        self._chunk_last = len(words) == 2
+        if self._state is State.CHUNKING:
+            assert self._chunks is not None
+            self._chunks.start(size)
+            self._state = State.BDAT
+            return None
+        self._wait(Cmd.BDAT, State.BDAT, expect=3, fail=State.CHUNKING)
+        return E.DataStart(bdat=True)
+
+    def _bdat_refusal(self, words: list[str]) -> Reply | None:
+        if not self.limits.chunking:
+            return R.UNRECOGNIZED
+        if len(words) > 2 or (len(words) == 2 and words[1].upper() != "LAST"):
+            return R.BDAT_SYNTAX
+        if self._state is State.CHUNKING and self._bdat_failed:
+            return R.BDAT_AFTER_FAILURE
+        target = TRANSITIONS.get((self._state, Cmd.BDAT), R.BAD_SEQUENCE)
+        return target if isinstance(target, Reply) else None
 
     def _cmd_helo(self, arg: str | None) -> E.Event:
         return self._helo(arg, extended=False)
@@ -481,14 +607,15 @@ class ServerProtocol:
             params = A.parse_mail_params(rest, dsn=lim.dsn, smtputf8=lim.smtputf8)
         except A.ParamError as err:
             raise _Refuse(err.reply) from None
-        if params.body is A.Body.BINARYMIME:
-            # RFC 3030 §3: BINARYMIME needs BDAT, which we do not offer.
+        if params.body is A.Body.BINARYMIME and not (lim.binarymime and lim.chunking):
+            # RFC 3030 §3: only when offered (it needs BDAT).
             raise _Refuse(R.unsupported_mail_option("BODY=BINARYMIME"))
         if mailbox is not None and not mailbox.is_ascii and not params.smtputf8:
             raise _Refuse(R.NON_ASCII_ADDRESS)  # RFC 6531 §3.4
         if params.size is not None and params.size > lim.max_message_size:
             raise _Refuse(R.SIZE_EXCEEDED, counted=False)
         self._mail_smtputf8 = params.smtputf8
+        self._mail_body = params.body
         return E.MailFrom(mailbox, params)
 
     def _cmd_rcpt(self, arg: str | None) -> E.Event:
@@ -571,8 +698,9 @@ class ServerProtocol:
     # -- effects of positive replies
 
     def _tx_begin(self) -> None:
-        self.rcpts = 0
+        self._tx_clear()
         self.tx_smtputf8 = self._mail_smtputf8
+        self.tx_body = self._mail_body
 
     def _tx_rcpt(self) -> None:
         self.rcpts += 1
@@ -584,6 +712,9 @@ class ServerProtocol:
     def _tx_clear(self) -> None:
         self.rcpts = 0
         self.tx_smtputf8 = False
+        self.tx_body = None
+        self._chunks = None
+        self._bdat_failed = False
 
     def _identified(self) -> None:
         self._tx_clear()
@@ -593,6 +724,14 @@ class ServerProtocol:
 
     def _data_begin(self) -> None:
         self._reader = DotReader(self.limits.max_message_size, self.limits.max_text_line)
+
+    def _bdat_begin(self) -> None:
+        # The first chunk of the transaction was accepted (354 from the
+        # session, never sent).
+        lim = self.limits
+        self._chunks = ChunkReader(lim.max_message_size, lim.max_text_line,
+                                   binary=self.tx_body is A.Body.BINARYMIME)
+        self._chunks.start(self._chunk_size)
 
     def _tls_begin(self) -> None:
         # RFC 3207 §4.2: whatever the client sent after STARTTLS is plaintext

@@ -225,11 +225,25 @@ BARE_LINE_ENDING = Reply(
     550, "5.5.2", "Syntax error: bare CR or LF in message data, see RFC 5321 section 2.3.8"
 )
 NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
+# RFC 3030 §2: a BDAT whose chunk size cannot be read leaves no way to tell
+# its octets from the next command: refused, and the connection closed.
+BDAT_NO_SIZE = Reply(501, "5.5.4", f"{_INVALID_ARGS}: BDAT chunk size expected, closing")
+BDAT_SYNTAX = Reply(501, "5.5.4", f"{_INVALID_ARGS}: BDAT chunk-size [LAST]")
+# RFC 3030 §2: once a chunk failed, the transaction is dead until RSET.
+BDAT_AFTER_FAILURE = Reply(503, "5.5.1", f"{_INVALID}: Transaction failed, RSET required")
+# RFC 3030 §3: "BINARYMIME cannot be used with the DATA command" (503).
+BINARYMIME_NEEDS_BDAT = Reply(503, "5.6.1", f"{_INVALID}: BODY=BINARYMIME requires BDAT")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many bad commands, closing connection")
 NOTIFY_NEVER_COMBINED = Reply(
     553, "5.5.4", "NOTIFY option NEVER cannot be combined with other options"
 )
 ORCPT_SYNTAX = Reply(553, "5.5.4", "ORCPT address syntax error")
+
+
+def bdat_ok(octets: int) -> Reply:
+    """RFC 3030 §2: "A 250 response MUST be sent to each successful BDAT
+    data block"; the text says how much was received, as Postfix does."""
+    return Reply(250, "2.0.0", f"{octets} octets received")
 
 
 def unsupported_mail_option(option: str) -> Reply:

@@ -185,8 +185,8 @@ class Session:
             self.deadline = time.monotonic() + self.smtp.config.smtp.command_timeout
 
     def _next_deadline(self, event: E.Event, reply: Reply | None) -> None:
-        if isinstance(event, E.DataChunk):
-            return
+        if isinstance(event, E.DataChunk | E.BdatChunkEnd):
+            return  # RFC 3030: all BDAT chunks of a message share one deadline
         if isinstance(event, E.DataStart) and reply is not None and reply.code == 354:
             self.deadline = time.monotonic() + self.smtp.config.smtp.data_timeout
         else:
@@ -240,6 +240,8 @@ class Session:
             case E.DataChunk():
                 self._data_chunk(event.data)
                 return None
+            case E.BdatChunkEnd():
+                return event.reply
             case E.DataEnd():
                 return await self._data_end(event)
             case E.Rset():

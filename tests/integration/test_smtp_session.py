@@ -126,7 +126,7 @@ def test_greeting_help_noop_rset_quit(world: World) -> None:
 
 def test_ehlo_advertises_configured_size(world: World) -> None:
     assert ehlo_keywords(world.port) == [
-        "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE", "DSN", "PIPELINING", "SMTPUTF8", "HELP"]
+        "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE", "DSN", "PIPELINING", "SMTPUTF8", "CHUNKING", "HELP"]
     with world.smtp() as s:
         assert s.esmtp_features["size"] == "10000"
 

@@ -101,7 +101,7 @@ def test_greeting_and_ehlo_keywords_exact(world: TlsWorld) -> None:
         assert code == 250
         assert lines == ["localhost Hello client.test [127.0.0.1], pleased to meet you",
                          "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 36700160", "DSN",
-                         "PIPELINING", "SMTPUTF8", "HELP"]
+                         "PIPELINING", "SMTPUTF8", "CHUNKING", "HELP"]
     finally:
         sock.close()
 

@@ -34,6 +34,7 @@ def test_greeting_and_ehlo_text() -> None:
         "250-DSN",
         "250-PIPELINING",
         "250-SMTPUTF8",
+        "250-CHUNKING",
         "250 HELP",
     ]
     assert d.p.helo == "client.test" and d.p.extended
@@ -44,7 +45,8 @@ def test_ehlo_keywords_follow_limits() -> None:
         dsn=False, smtputf8=False, starttls_available=True, auth_mechanisms=("PLAIN", "LOGIN")
     )
     d.feed(b"EHLO c.test\r\n")
-    assert d.lines()[4:] == ["250-SIZE 36700160", "250-PIPELINING", "250-STARTTLS", "250 HELP"]
+    assert d.lines()[4:] == ["250-SIZE 36700160", "250-PIPELINING", "250-CHUNKING",
+                              "250-STARTTLS", "250 HELP"]
     d.feed(b"STARTTLS\r\n").feed(b"EHLO c.test\r\n")
     assert "250-STARTTLS" not in d.lines()[-6:]
     assert "250-AUTH PLAIN LOGIN" in d.lines()[-6:]
