@@ -33,6 +33,7 @@ from typing import BinaryIO
 
 import dns.asyncresolver
 
+from smtpd.config.model import RelayTlsPolicy
 from smtpd.lookup.mx import RouteError
 from smtpd.mta import logfmt, views
 from smtpd.mta.connect import Target, scheme, targets_for
@@ -40,6 +41,7 @@ from smtpd.mta.envelopes import send_envelopes
 from smtpd.mta.registry import HostState, Limits, Registry, RelayState
 from smtpd.mta.routing import Route
 from smtpd.mta.session import MtaSession
+from smtpd.mta.tlspolicy import HostTls, TlsPlanner
 from smtpd.mta.transfer import (
     Recipient,
     SessionError,
@@ -83,8 +85,10 @@ class Relayer:
                  mx_port: int = 25, idle: float = 5.0, max_messages: int = 100,
                  log: Callable[[str], None] | None = None, limits: Limits | None = None,
                  stat: Callable[[str, int], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 tls: TlsPlanner | None = None) -> None:
         self.resolver = resolver
+        self.tls = tls  # MTA-STS / DANE for routes with a tls-policy
         self.listeners = tuple(listeners)
         self.timeouts = timeouts or Timeouts()
         self.mx_port = mx_port
@@ -151,6 +155,10 @@ class Relayer:
         try:
             targets = await targets_for(route, domain, self.resolver, listeners=self.listeners,
                                         mx_port=self.mx_port)
+            hosts: dict[str, HostTls] = {}
+            if (self.tls is not None and route.relay is None
+                    and route.tls_select is not RelayTlsPolicy.NONE):
+                targets, hosts = await self.tls.plan(route.tls_select, domain, targets)
         except RouteError as exc:
             return self._fail(envelopes, exc.status, exc.text, "-")
         ident = secrets.randbits(64)
@@ -177,7 +185,8 @@ class Relayer:
             if free is not None:
                 tried.add((free.address, free.port))
                 last = free
-                opened = await self._attempt(route, free, ident, key, relay, limit_domain)
+                opened = await self._attempt(route, free, ident, key, relay, limit_domain,
+                                             hosts.get(free.host))
                 if isinstance(opened, _Conn):
                     return opened
                 error = opened
@@ -200,7 +209,8 @@ class Relayer:
                     del relay.waiting[flag]
 
     async def _attempt(self, route: Route, target: Target, ident: int, key: str,
-                       relay: RelayState, limit_domain: str) -> _Conn | SessionError:
+                       relay: RelayState, limit_domain: str,
+                       tls: HostTls | None = None) -> _Conn | SessionError:
         reg = self.registry
         host = reg.host(target.address, target.port, target.host)
         was_failing = host.consecutive > 0
@@ -209,6 +219,8 @@ class Relayer:
         self._log(logfmt.connecting_line(ident, scheme(route), target.address, target.port,
                                          target.host))
         config = route.session_config(self.timeouts, server_name=target.host)
+        if tls is not None:
+            config = tls.apply(config)
         try:
             session = await MtaSession.open(target.host, target.port, config,
                                             address=target.address)

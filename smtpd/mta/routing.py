@@ -17,7 +17,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from smtpd.config.model import Ca, RelayOptions, RelayProto, RelayTls, RelayUrl
+from smtpd.config.model import Ca, RelayOptions, RelayProto, RelayTls, RelayTlsPolicy, RelayUrl
 from smtpd.config.parse_action import parse_relay_url
 from smtpd.lookup.mx import RouteError
 from smtpd.mta.transfer import SessionConfig, Status, Timeouts, TlsPolicy
@@ -38,6 +38,7 @@ class Route:
     source: str | None = None
     backup_mx: str | None = None
     ca_file: str | None = None
+    tls_select: RelayTlsPolicy = RelayTlsPolicy.NONE  # MTA-STS / DANE (MX routes only)
 
     @property
     def key(self) -> str:
@@ -45,7 +46,8 @@ class Route:
         reuse groups messages by it)."""
         target = str(self.relay) if self.relay else "mx"
         user = self.credentials[0] if self.credentials else ""
-        return f"{target}|{self.tls.value}|{user}|{self.source or ''}|{self.helo}"
+        return (f"{target}|{self.tls.value}|{user}|{self.source or ''}|{self.helo}"
+                f"|{self.tls_select.value}")
 
     def session_config(self, timeouts: Timeouts | None = None,
                        server_name: str | None = None) -> SessionConfig:
@@ -105,6 +107,29 @@ def _table(tables: Mapping[str, Table], name: str) -> Table:
     return table
 
 
+def _tls_select(options: RelayOptions, domain: str,
+                tables: Mapping[str, Table]) -> RelayTlsPolicy:
+    """``tls-policy WORD`` or ``tls-policy <t>``: the domain, then its
+    parents as ``.parent`` keys (Postfix tls_policy_maps style); no entry
+    means none."""
+    if options.tls_policy_table is None:
+        return options.tls_policy
+    table = _table(tables, options.tls_policy_table)
+    labels = domain.split(".")
+    keys = [domain] + ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+    try:
+        for key in keys:
+            value = table.relayhost(key)
+            if value is not None:
+                try:
+                    return RelayTlsPolicy(value.strip().lower())
+                except ValueError:
+                    raise _config_error(f"bad tls-policy {value!r} for {key}") from None
+    except TableError as exc:
+        raise _config_error(f"table lookup failed: {exc}") from exc
+    return RelayTlsPolicy.NONE
+
+
 def route_for(options: RelayOptions, domain: str, *, hostname: str,
               tables: Mapping[str, Table], cas: Mapping[str, Ca] | None = None,
               rng: random.Random | None = None) -> Route:
@@ -141,4 +166,6 @@ def route_for(options: RelayOptions, domain: str, *, hostname: str,
         relay=url, helo=helo, tls=policy, verify=verify,
         lmtp=url is not None and url.proto is RelayProto.LMTP, credentials=credentials,
         source=source, backup_mx=(options.backup_mx or hostname) if options.backup else None,
-        ca_file=ca_file)
+        ca_file=ca_file,
+        tls_select=_tls_select(options, domain.lower(), tables) if url is None
+        else RelayTlsPolicy.NONE)
