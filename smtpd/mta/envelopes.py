@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from smtpd.mta.session import MtaSession
 from smtpd.mta.transfer import Recipient, TransferResult
-from smtpd.queue.envelope import DsnNotify, Envelope
+from smtpd.queue.envelope import DsnNotify, Envelope, EnvelopeFlag
 from smtpd.smtp.address import xtext_encode
 
 _NOTIFY_ORDER = (DsnNotify.NEVER, DsnNotify.SUCCESS, DsnNotify.FAILURE, DsnNotify.DELAY)
@@ -33,4 +33,5 @@ async def send_envelopes(session: MtaSession, envelopes: Sequence[Envelope],
     return await session.send(
         first.sender, [recipient(e) for e in envelopes], message,
         envid=xtext_encode(first.dsn_envid) if first.dsn_envid else None,
-        ret=first.dsn_ret.value if first.dsn_ret is not None else None)
+        ret=first.dsn_ret.value if first.dsn_ret is not None else None,
+        requiretls=EnvelopeFlag.REQUIRETLS in first.flags)

@@ -104,6 +104,7 @@ class EnvelopeFlag(enum.Flag):
     AUTHENTICATED = enum.auto()
     BOUNCE = enum.auto()
     INTERNAL = enum.auto()
+    REQUIRETLS = enum.auto()  # RFC 8689 §4: MAIL FROM ... REQUIRETLS, relay only over verified TLS
 
 
 class DsnNotify(enum.Flag):
