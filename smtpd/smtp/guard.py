@@ -9,8 +9,10 @@ remembered for AUTH failures, the oldest forgotten first.
 
 from __future__ import annotations
 
+import errno as errno_mod
+import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 MAX_SOURCES = 10000
@@ -102,3 +104,32 @@ class SourceGuard:
         entry = self._entry(src)
         if entry is not None and not entry.banned_until:
             del self.failures[src]
+
+
+# Test-only fault injection (no LD_PRELOAD): honoured only when this variable
+# is set, e.g. PYSMTPD_TEST_FAULTS="smtp.write=EIO:4096" makes message writes
+# fail with EIO once a message passes 4096 bytes.
+FAULTS_ENV = "PYSMTPD_TEST_FAULTS"
+
+
+@dataclass(frozen=True)
+class WriteFaults:
+    errno: int = 0  # 0: no fault
+    after: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WriteFaults:
+        for item in env.get(FAULTS_ENV, "").split(","):
+            key, _, value = item.partition("=")
+            if key != "smtp.write":
+                continue
+            name, _, after = value.partition(":")
+            code = getattr(errno_mod, name, None)
+            if isinstance(code, int) and after.isdigit():
+                return cls(code, int(after))
+        return cls()
+
+    def check(self, size: int) -> None:
+        """Raise the injected error once a message reaches `size` bytes."""
+        if self.errno and size > self.after:
+            raise OSError(self.errno, os.strerror(self.errno))

@@ -47,7 +47,7 @@ from smtpd.msg import (
     chunk_lines,
 )
 from smtpd.proc import Child
-from smtpd.smtp.guard import GuardLimits, SourceGuard
+from smtpd.smtp.guard import GuardLimits, SourceGuard, WriteFaults
 from smtpd.smtp.mta import MtaSide
 from smtpd.smtp.protocol import ProtocolLimits
 from smtpd.smtp.reply import Reply
@@ -97,6 +97,7 @@ class SmtpProcess(Child):
         self.accepting = False
         self.fd_limit = _fd_limit()
         self.guard = _source_guard(self.config.smtp)
+        self.faults = WriteFaults.from_env(os.environ)
         self.handle(Proc.PARENT, Msg.PARENT_LISTENER_SEND, self._on_listener)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, self._resolve)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_FD, self._resolve_fd)

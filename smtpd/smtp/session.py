@@ -362,6 +362,7 @@ class Session:
 
     def _write_message(self, fd: int, data: bytes) -> None:
         try:
+            self.smtp.faults.check(self.tx.size + len(data))
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
