@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     except ControlError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if command.name == "report":
+        return _report(client, command.args[0] if command.args else "1h")
     if command.name != "monitor":
         return run_and_print(client, args)
 
@@ -55,6 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         client.close()
+
+
+def _report(client: ControlClient, since: str) -> int:
+    from smtpctl.report import render
+    from smtpd.stat.views import parse_duration
+
+    def fetch(words: list[str]) -> tuple[int, list[str]]:
+        status, out, _err = client.run(words)
+        return status, out
+
+    try:
+        sys.stdout.write(render(fetch, since, parse_duration(since)))
+    except ControlError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -8,23 +8,15 @@ from collections.abc import Callable
 
 HEADER = ("--- client ---  -- envelope --   ---- relay/delivery --- ------- misc -------\n"
           "curr conn disc  curr  enq  deq   ok tmpfail prmfail loop expire remove bounce")
-# (column, stat key, is_gauge)
-COLUMNS: tuple[tuple[str, str, bool], ...] = (
-    ("curr", "smtp.session", True),
-    ("conn", "smtp.session.total", False),
-    ("disc", "smtp.session.closed", False),
-    ("curr", "scheduler.envelope", True),
-    ("enq", "scheduler.envelope.incoming.total", False),
-    ("deq", "scheduler.envelope.removed.total", False),
-    ("ok", "scheduler.delivery.ok", False),
-    ("tmpfail", "scheduler.delivery.tempfail", False),
-    ("prmfail", "scheduler.delivery.permfail", False),
-    ("loop", "scheduler.delivery.loop", False),
-    ("expire", "scheduler.envelope.expired", False),
-    ("remove", "scheduler.envelope.removed", False),
-    ("bounce", "queue.bounce", False),
-)
 WIDTHS = (4, 4, 4, 5, 4, 4, 4, 7, 7, 4, 6, 6, 6)
+# Cumulative counters whose per-second deltas make a column (upstream's
+# stat_digest fields).  Disconnections and dequeued envelopes follow by
+# conservation: what came in minus what the gauge still holds.
+CONNECTS = "smtp.session.total"
+ENQUEUED = "scheduler.envelope.total"
+DELTAS = ("scheduler.delivery.ok", "scheduler.delivery.tempfail", "scheduler.delivery.permfail",
+          "scheduler.delivery.loop", "scheduler.envelope.expired", "scheduler.envelope.removed",
+          "queue.bounce")
 
 
 def parse_stats(lines: list[str]) -> dict[str, int]:
@@ -38,12 +30,25 @@ def parse_stats(lines: list[str]) -> dict[str, int]:
     return values
 
 
+def columns(prev: dict[str, int], cur: dict[str, int]) -> list[int]:
+    def delta(key: str) -> int:
+        return cur.get(key, 0) - prev.get(key, 0)
+
+    def held(v: dict[str, int]) -> int:
+        # an envelope the scheduler knows is incoming, waiting or inflight
+        return sum(v.get(k, 0) for k in ("scheduler.envelope", "scheduler.envelope.incoming",
+                                          "scheduler.envelope.inflight"))
+
+    sessions, envelopes = cur.get("smtp.session", 0), held(cur)
+    conn, enq = delta(CONNECTS), delta(ENQUEUED)
+    disc = conn - (sessions - prev.get("smtp.session", 0))
+    deq = enq - (envelopes - held(prev))
+    return [sessions, conn, max(disc, 0), envelopes, enq, max(deq, 0),
+            *(delta(k) for k in DELTAS)]
+
+
 def row(prev: dict[str, int], cur: dict[str, int]) -> str:
-    cells = []
-    for (_col, key, gauge), width in zip(COLUMNS, WIDTHS, strict=True):
-        value = cur.get(key, 0) if gauge else cur.get(key, 0) - prev.get(key, 0)
-        cells.append(str(value).rjust(width))
-    return " ".join(cells)
+    return " ".join(str(v).rjust(w) for v, w in zip(columns(prev, cur), WIDTHS, strict=True))
 
 
 def monitor(fetch: Callable[[], list[str]], count: int | None = None,
