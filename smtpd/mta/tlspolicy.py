@@ -64,7 +64,7 @@ class HostTls:
                                        tls_check=None)
         if self.mode is HostMode.STS_ENFORCE:
             return dataclasses.replace(config, tls=TlsPolicy.STARTTLS, verify=True,
-                                       ca_file=self.ca_file, tls_check=None)
+                                       ca_file=self.ca_file or config.ca_file, tls_check=None)
         if self.soft_check is None:
             return config
         return dataclasses.replace(config, tls_check=TlsCheck(

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 from smtpd.config.model import ActionKind, Config
 from smtpd.lookup.dns import make_resolver
 from smtpd.lookup.mx import RouteError
+from smtpd.mta.mtasts import MtaSts
 from smtpd.mta.relay import Relayer
 from smtpd.mta.routing import route_for
+from smtpd.mta.tlspolicy import TlsPlanner
 from smtpd.queue.envelope import Envelope, EnvelopeError, load_envelope
 from smtpd.table.backend import Table, TableError, open_table
 
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
 
 # Test knob: deliver MX routes to this port instead of 25 (a sink on loopback).
 MX_PORT_ENV = "PYSMTPD_MX_PORT"
+# Test knobs: the MTA-STS policy server's port (443) and a CA bundle that
+# replaces the system store for MTA-STS (policy fetch and MX certificates).
+MTASTS_PORT_ENV = "PYSMTPD_MTASTS_PORT"
+MTASTS_CA_ENV = "PYSMTPD_MTASTS_CA"
 
 
 def relay_tables(config: Config) -> dict[str, Table]:
@@ -30,7 +36,7 @@ def relay_tables(config: Config) -> dict[str, Table]:
         r = action.relay
         if action.kind is ActionKind.RELAY and r is not None:
             names.update(n for n in (r.auth_table, r.domain_table, r.host_table, r.src_table,
-                                     r.helo_src_table) if n)
+                                     r.helo_src_table, r.tls_policy_table) if n)
     tables = {}
     for name in names:
         table = open_table(config.tables[name], config.smtp.sub_addr_delim)
@@ -51,10 +57,17 @@ class MtaSide:
         self.relayer: Relayer | None = None
 
     def start(self, listeners: list[tuple[str, int]]) -> None:
-        self.relayer = Relayer(make_resolver(), listeners=listeners,
+        resolver = make_resolver()
+
+        def log(line: str) -> None:
+            self.smtp.log.info("%s", line)
+
+        sts = MtaSts(resolver, port=int(os.environ.get(MTASTS_PORT_ENV, "443")),
+                     ca_file=os.environ.get(MTASTS_CA_ENV) or None, log=log)
+        self.relayer = Relayer(resolver, listeners=listeners,
                                mx_port=int(os.environ.get(MX_PORT_ENV, "25")),
-                               stat=self.smtp.stats.set,
-                               log=lambda line: self.smtp.log.info("%s", line))
+                               stat=self.smtp.stats.set, log=log,
+                               tls=TlsPlanner(resolver, sts=sts, log=log))
 
     async def transfer(self, dispatcher: str, domain: str, texts: list[str],
                        message_fd: int) -> list[list[int | str]]:
