@@ -18,6 +18,7 @@ class SinkConfig:
     eightbitmime: bool = True
     smtputf8: bool = False
     dsn: bool = False
+    requiretls: bool = False  # offers REQUIRETLS (RFC 8689), only under TLS
     tls: ssl.SSLContext | None = None  # offers STARTTLS when set
     tls_break: bool = False  # answer 220 to STARTTLS, then hang up (no handshake)
     smtps: ssl.SSLContext | None = None  # TLS from the first byte
@@ -138,6 +139,8 @@ class _Conn:
             ext.append("SMTPUTF8")
         if c.dsn:
             ext.append("DSN")
+        if c.requiretls and self.tls:
+            ext.append("REQUIRETLS")
         if c.tls is not None and not self.tls:
             ext.append("STARTTLS")
         if c.auth is not None and self.tls:
