@@ -104,7 +104,7 @@ def families(raw: Raw, uptime: int) -> Iterable[Metric]:
 
 
 def exposition(raw: Raw, uptime: int) -> bytes:
-    """The text format (version 0.0.4) of every stat, as prometheus_client writes it."""
+    """The text exposition format of every stat, as prometheus_client writes it."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatsCollector(lambda: (raw, uptime)))
     return generate_latest(registry)
