@@ -50,6 +50,7 @@ class Msg(enum.IntEnum):
     ANY_STAT_UPDATE = 2
     PARENT_LISTENER_SEND = 10
     PARENT_CONTROL_SOCKET_SEND = 11
+    PARENT_FILTER_FD = 12       # a filter process's stdin/stdout socket, to smtp
     # runtime switches pushed by control to every process
     CTL_TRACE_SET = 20
     CTL_PROFILE_SET = 21
@@ -130,6 +131,14 @@ class ListenerSend:
     index: int
     address: str
     port: int
+
+
+@dataclass(frozen=True, slots=True)
+class FilterFd:
+    """A (re)started filter process's socket (the frame's fd): smtp speaks
+    the smtpd-filters protocol on it (smtpd/filter/)."""
+    name: str
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +378,7 @@ ROUTES: Final[dict[Msg, Route]] = {
         frozenset({Proc.PARENT}), frozenset({Proc.SMTP}), ListenerSend),
     Msg.PARENT_CONTROL_SOCKET_SEND: Route(
         frozenset({Proc.PARENT}), frozenset({Proc.CONTROL}), Empty),
+    Msg.PARENT_FILTER_FD: Route(_P, _S, FilterFd),
     Msg.CTL_TRACE_SET: Route(frozenset({Proc.CONTROL}), _ALL - {Proc.CONTROL}, TraceSet),
     Msg.CTL_PROFILE_SET: Route(frozenset({Proc.CONTROL}), _ALL - {Proc.CONTROL}, TraceSet),
     Msg.CTL_LOG_VERBOSE: Route(frozenset({Proc.CONTROL}), _ALL - {Proc.CONTROL}, LogVerbose),
@@ -425,6 +435,7 @@ ROUTES: Final[dict[Msg, Route]] = {
 
 # Messages whose frame must carry a file descriptor.
 WITH_FD: Final = frozenset({Msg.PARENT_LISTENER_SEND, Msg.PARENT_CONTROL_SOCKET_SEND,
+                            Msg.PARENT_FILTER_FD,
                             Msg.QUEUE_MESSAGE_FD, Msg.QUEUE_DELIVERY_START,
                             Msg.SMTP_CTL_ENQUEUE_FD, Msg.CTL_CLIENT_FD,
                             Msg.QUEUE_MTA_TRANSFER})

@@ -25,6 +25,8 @@ from smtpd import __version__, offline, privsep
 from smtpd.config import ConfigError, load_config
 from smtpd.config.listen import ListenError, resolve_listener
 from smtpd.config.model import Config, Listener, ListenerKind
+from smtpd.filter.runtime import proc_specs
+from smtpd.filter.supervisor import FilterSupervisor
 from smtpd.mda.runner import DeliveryRunner
 from smtpd.msg import (
     CHILDREN,
@@ -32,6 +34,7 @@ from smtpd.msg import (
     CtlReply,
     DeliveryStart,
     Empty,
+    FilterFd,
     ListenerSend,
     Msg,
     ParentDeliveryResult,
@@ -78,6 +81,7 @@ class Parent(Node):
         self.listen_socks: list[tuple[Listener, socket.socket]] = []
         self.control_sock: socket.socket | None = None
         self.started = time.monotonic()
+        self.filters: FilterSupervisor | None = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -173,11 +177,26 @@ class Parent(Node):
         self.runner = DeliveryRunner(self.loop, self._on_delivery_result)
         self.spawn()
         self.hand_over_sockets()
+        self._start_filters()
         self.start_channels()
         self._reap()  # a child may have died before the handler was installed
         await self.stopping.wait()
         await self._stop_children()
         return self.exit_status or 0
+
+    def _start_filters(self) -> None:
+        # proc filters run as their own user, started here (the only process
+        # that may change identity); their sockets go to smtp (smtpd/filter/).
+        self.filters = FilterSupervisor(
+            proc_specs(self.config), self.loop, self.log, self._send_filter_fd,
+            privsep.is_root(), privsep.SMTPD_USER)
+        self.filters.start_all()
+
+    def _send_filter_fd(self, name: str, generation: int, fd: int) -> None:
+        if self.stopping.is_set():
+            os.close(fd)
+            return
+        self.send(Proc.SMTP, Msg.PARENT_FILTER_FD, FilterFd(name, generation), fd=fd)
 
     def on_live(self) -> None:
         self.log.info("info: all processes ready")
@@ -267,6 +286,8 @@ class Parent(Node):
 
     def _reap(self) -> None:
         self.runner.reap()
+        if self.filters is not None:
+            self.filters.reap()
         for child in self.children.values():
             if child.status is not None:
                 continue
@@ -281,6 +302,8 @@ class Parent(Node):
 
     async def _stop_children(self) -> None:
         self.runner.close()
+        if self.filters is not None:
+            await self.filters.close()
         for chan in self.channels.values():
             chan.close()
         for proc in STOP_ORDER:

@@ -10,6 +10,7 @@ from typing import Any
 from smtpd.config import model
 from smtpd.config.builder import KNOWN_BACKENDS, Builder, parse_size
 from smtpd.config.cursor import Cursor, StatementError, did_you_mean
+from smtpd.filter import builtin as builtin_filter
 
 # upstream res_hnok(): a host name; pki/ca names are host names or "*"
 _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\Z")
@@ -101,7 +102,8 @@ def parse_ca(cur: Cursor, b: Builder) -> None:
 
 
 def parse_queue(cur: Cursor, b: Builder) -> None:
-    opts = ("compression", "compress", "encryption", "encrypt", "ttl", "path")
+    opts = ("compression", "compress", "encryption", "encrypt", "ttl", "path", "backend",
+            "node", "lease")
     opt = cur.expect(*opts)
     q = b.queue
     if opt in ("compression", "compress"):
@@ -115,6 +117,15 @@ def parse_queue(cur: Cursor, b: Builder) -> None:
         q = dataclasses.replace(q, encryption=True, encryption_key=key)
     elif opt == "ttl":
         q = dataclasses.replace(q, ttl=b.delay_arg(cur, "ttl delay"))
+    elif opt == "backend":
+        # issue 14: fs (the default) or a PostgreSQL queue shared by nodes
+        name = cur.expect("fs", "postgres")
+        conninfo = cur.value("postgres conninfo") if name == "postgres" else None
+        q = dataclasses.replace(q, backend=name, backend_conninfo=conninfo)
+    elif opt == "node":
+        q = dataclasses.replace(q, node=cur.value("node name"))
+    elif opt == "lease":
+        q = dataclasses.replace(q, lease=b.delay_arg(cur, "lease delay"))
     else:
         q = dataclasses.replace(q, path=b.abspath(cur.value("queue path")))
     cur.expect_end()
@@ -324,7 +335,6 @@ def parse_proc(cur: Cursor, b: Builder) -> None:
     b.procs[name] = model.Proc(name=name, command=command, source=where,
                                user=params.get("user"), group=params.get("group"),
                                chroot=params.get("chroot"))
-    b.unsupported(where, "proc")
 
 
 def parse_filter(cur: Cursor, b: Builder) -> None:
@@ -341,7 +351,16 @@ def parse_filter(cur: Cursor, b: Builder) -> None:
         cur.expect_end()
     elif kind == "proc-exec":
         argument = cur.value("filter command")
-        _proc_params(cur)
+        params = _proc_params(cur)
+        # upstream: a proc-exec filter is a processor named after the filter
+        # (one namespace with `proc`); its user/group live there
+        known = b.procs.get(name)
+        if known is not None and (known.command != argument or params):
+            raise StatementError(where, f"processor already exists with that name: {name}")
+        if known is None:  # else: a dump's `proc` line for this very filter
+            b.procs[name] = model.Proc(name=name, command=argument, source=where,
+                                       user=params.get("user"), group=params.get("group"),
+                                       chroot=params.get("chroot"))
     elif kind == "chain":
         entries, tkind = b.inline_entries(cur)
         if tkind is not model.TableEntryKind.LIST:
@@ -351,11 +370,7 @@ def parse_filter(cur: Cursor, b: Builder) -> None:
             b.ref("filter", element, where)
         cur.expect_end()
     else:
-        # phase PHASE match CONDITIONS DECISION: kept as text until filters exist
-        words = []
-        while not cur.at_end():
-            words.append(cur.take().value)
-        argument = " ".join(words)
+        # phase PHASE match CONDITIONS ACTION, validated, kept as canonical text
+        argument = builtin_filter.parse_config(cur, b)
     b.filters[name] = model.Filter(name=name, kind=kind, source=where, argument=argument,
                                    chain=chain)
-    b.unsupported(where, "filter")

@@ -67,7 +67,6 @@ def parse_listen(cur: Cursor, b: Builder) -> None:
             else:
                 o["filter"] = cur.value("filter name")
                 b.ref("filter", o["filter"], tok.where)
-            b.unsupported(tok.where, "filter")
         elif opt in ("smtps", "tls", "tls-require"):
             once("tls", "TLS mode")
             o["tls"] = model.TlsMode(opt)

@@ -21,6 +21,7 @@ from typing import Any
 from imsg import Frame
 from smtpd import privsep
 from smtpd.config.model import AuthMode, Listener, SmtpOptions, TlsMode
+from smtpd.filter.runtime import FilterRuntime, open_filter_tables
 from smtpd.msg import (
     AuthCheck,
     AuthResult,
@@ -28,6 +29,7 @@ from smtpd.msg import (
     CtlRequest,
     Empty,
     EnqueueRequest,
+    FilterFd,
     HostLookup,
     HostResult,
     ListenerSend,
@@ -87,6 +89,7 @@ class SmtpProcess(Child):
                 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 ctx.load_cert_chain(pki.cert, pki.key)
                 self.contexts[name] = ctx
+        self.filter_tables = open_filter_tables(self.config)
 
     def build(self) -> None:
         self.listen_socks: list[tuple[socket.socket, ListenerRuntime]] = []
@@ -99,6 +102,8 @@ class SmtpProcess(Child):
         self.guard = _source_guard(self.config.smtp)
         self.faults = WriteFaults.from_env(os.environ)
         self.handle(Proc.PARENT, Msg.PARENT_LISTENER_SEND, self._on_listener)
+        self.filters = FilterRuntime(self.config, self.filter_tables, self.loop, self.log)
+        self.handle(Proc.PARENT, Msg.PARENT_FILTER_FD, self._on_filter_fd)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_CREATED, self._resolve)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_FD, self._resolve_fd)
         self.handle(Proc.QUEUE, Msg.QUEUE_MESSAGE_COMMITTED, self._resolve)
@@ -142,6 +147,12 @@ class SmtpProcess(Child):
         # match on the port, falling back to the first inet listener
         listener = next((lst for lst in inet if lst.port == payload.port), inet[0])
         self.listen_socks.append((sock, self.runtime_for(listener)))
+
+    def _on_filter_fd(self, payload: FilterFd, frame: Frame) -> None:
+        # a (re)started filter process: smtpd/filter/conn.py runs its handshake
+        assert frame.fd is not None
+        if not self.filters.attach(payload.name, payload.generation, frame.fd):
+            os.close(frame.fd)
 
     def on_live(self) -> None:
         self.mta.start([s.getsockname()[:2] for s, _ in self.listen_socks])
@@ -393,6 +404,7 @@ class SmtpProcess(Child):
 
     def on_stop(self) -> None:
         self._stop_accepting()
+        self.filters.close()
 
 
 def _source_guard(opts: SmtpOptions) -> SourceGuard:

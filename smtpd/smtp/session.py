@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
+from smtpd.filter.hooks import FilterDisconnect, SessionHooks
 from smtpd.queue.envelope import (
     DeliveryType,
     DsnNotify,
@@ -111,6 +112,7 @@ class Session:
             self.rdns = listener.limits.hostname
         self.log = smtp.log
         self.reason = "quit"
+        self.filtering = SessionHooks(self)  # builtin and proc filters (smtpd/filter/)
         # Monotonic time by which the command (or DATA) being received must be
         # complete; None while waiting idle for the next command.
         self.deadline: float | None = None
@@ -127,9 +129,15 @@ class Session:
             if self.smtp.paused:
                 self._write(self.proto.send(Reply(421, "4.3.0", "Service temporarily paused")))
                 self.reason = "paused"
+            elif (refusal := await self.filtering.connect()) is not None:
+                self._write(self.proto.send(refusal))
+                self.reason = "filter"
             else:
                 self._write(self.proto.greeting())
+                self.filtering.greeted()
                 await self._serve()
+        except FilterDisconnect:
+            self.reason = "filter-disconnect"
         except TimeoutError:
             self.reason = "timeout"
             with contextlib.suppress(Exception):
@@ -138,6 +146,7 @@ class Session:
             self.reason = f"io-error {type(exc).__name__}"
         finally:
             self._rollback()
+            self.filtering.disconnected()
             self.log.info("%s smtp disconnected reason=%s", self.sid, self.reason)
             try:
                 self.writer.close()
@@ -198,6 +207,7 @@ class Session:
             self.log.info('%s smtp failed-command command="%s" result="%s"', self.sid,
                           self.proto.last_command, reply)
         self._write(self.proto.send(reply))
+        self.filtering.answered(event, reply)
 
     def _write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -228,6 +238,9 @@ class Session:
     # -- events ------------------------------------------------------------------
 
     async def _handle(self, event: E.Event) -> Reply | None:
+        event, refusal = await self.filtering.event(event)
+        if refusal is not None:
+            return refusal
         match event:
             case E.Helo():
                 return self.proto.helo_reply(event, self.src)
@@ -238,7 +251,7 @@ class Session:
             case E.DataStart():
                 return await self._data_start()
             case E.DataChunk():
-                self._data_chunk(event.data)
+                await self.filtering.data_chunk(event.data)
                 return None
             case E.BdatChunkEnd():
                 return event.reply
@@ -326,6 +339,7 @@ class Session:
             os.write(answer, self._received_header().encode())
         except OSError:
             return Reply(451, "4.3.0", "Temporary failure: cannot write message")
+        self.filtering.data_opened()
         return R.DATA_GO
 
     def _received_header(self) -> str:
@@ -375,6 +389,10 @@ class Session:
         self.tx.size += len(data)
 
     async def _data_end(self, event: E.DataEnd) -> Reply:
+        refusal = await self.filtering.data_end(event)
+        if refusal is not None:
+            self._rollback()
+            return refusal
         tx = self.tx
         if tx.fd is not None and tx.fd >= 0 and tx.headers is not None and event.error is None:
             self._write_message(tx.fd, tx.headers.finish())
@@ -404,6 +422,7 @@ class Session:
             env = load_envelope(text.encode())
             self.log.info("%s smtp envelope evpid=%016x from=<%s> to=<%s>", self.sid, evpid,
                           env.sender, env.rcpt)
+            self.filtering.envelope(evpid)
         msgid = tx.msgid
         self.tx = Transaction()
         self.smtp.stats.increment("smtp.message")
@@ -444,6 +463,7 @@ class Session:
 
     def _rollback(self) -> None:
         tx = self.tx
+        self.filtering.rolled_back(tx.msgid)
         if tx.fd is not None and tx.fd >= 0:
             os.close(tx.fd)
         if tx.msgid:
