@@ -238,10 +238,12 @@ class MtaSession:
         sslobj = self.writer.get_extra_info("ssl_object")
         chain: list[bytes] = []
         if isinstance(sslobj, ssl.SSLObject):
-            # Python 3.13's SSLObject.get_unverified_chain (not in typeshed yet)
+            # Python 3.13's SSLObject.get_unverified_chain (not in typeshed
+            # yet): DER bytes here, Certificate objects on an SSLSocket
             obj: Any = sslobj
             certs: list[Any] = obj.get_unverified_chain() or []
-            chain = [ssl.PEM_cert_to_DER_cert(c.public_bytes()) for c in certs]
+            chain = [c if isinstance(c, bytes) else ssl.PEM_cert_to_DER_cert(c.public_bytes())
+                     for c in certs]
         error = check.verify(chain)
         if error is None:
             self.verified = self.verified or not check.soft
