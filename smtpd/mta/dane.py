@@ -130,6 +130,17 @@ def matches(record: Tlsa, cert: x509.Certificate) -> bool:
     return data == record.data
 
 
+def policy_builder(anchors: verification.Store) -> verification.PolicyBuilder:
+    """Chain verification as OpenSSL does it for ssl: the CA/Browser Forum
+    profile for CAs, but any extensions on the leaf as long as it has a
+    subjectAltName to match (cryptography's default refuses, for example,
+    a critical SAN with a non-empty subject, which private CAs issue)."""
+    ee = verification.ExtensionPolicy.permit_all().require_present(
+        x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None)
+    return verification.PolicyBuilder().store(anchors).extension_policies(
+        ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee)
+
+
 def verify_chain(chain: Sequence[bytes], records: Sequence[Tlsa],
                  names: Sequence[str]) -> str | None:
     """None when the chain (DER, leaf first, as the peer sent it) matches
@@ -155,7 +166,7 @@ def verify_chain(chain: Sequence[bytes], records: Sequence[Tlsa],
     if not anchors:
         return "no TLSA record matches the peer certificate chain"
     intermediates = [c for c in certs[1:] if c not in anchors]
-    builder = verification.PolicyBuilder().store(verification.Store(anchors))
+    builder = policy_builder(verification.Store(anchors))
     last = "peer certificate does not chain to the TLSA trust anchor"
     for name in names:
         verifier = builder.build_server_verifier(x509.DNSName(name.rstrip(".")))

@@ -31,7 +31,15 @@ from cryptography.x509 import verification
 from smtpd.config.model import RelayTlsPolicy
 from smtpd.lookup.mx import RouteError
 from smtpd.mta.connect import Target
-from smtpd.mta.dane import Tlsa, TlsaState, lookup_tlsa, mx_secure, secure_resolver, verify_chain
+from smtpd.mta.dane import (
+    Tlsa,
+    TlsaState,
+    lookup_tlsa,
+    mx_secure,
+    policy_builder,
+    secure_resolver,
+    verify_chain,
+)
 from smtpd.mta.mtasts import Mode, MtaSts
 from smtpd.mta.transfer import SessionConfig, Status, TlsCheck, TlsPolicy
 
@@ -87,8 +95,7 @@ def pkix_verify(chain: list[bytes], *, store: verification.Store, name: str) -> 
         return "no peer certificate"
     try:
         certs = [x509.load_der_x509_certificate(c) for c in chain]
-        verifier = verification.PolicyBuilder().store(store).build_server_verifier(
-            x509.DNSName(name))
+        verifier = policy_builder(store).build_server_verifier(x509.DNSName(name))
         verifier.verify(certs[0], certs[1:])
     except (verification.VerificationError, ValueError) as exc:
         return f"certificate not valid for {name}: {exc}"
