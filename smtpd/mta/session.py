@@ -12,8 +12,11 @@ returns a per-recipient ``TransferResult``; if the connection broke, the
 envelopes not yet answered are temporary failures and ``is_open`` is False.
 
 Spool files have LF line endings (COMPAT.md §2); the client turns them into
-CRLF and dot-stuffs them as they stream.  Reads of the spool file are plain
-blocking reads, as the queue's own: local disk, 64 KiB at a time.
+CRLF and dot-stuffs them as they stream.  When the peer offers CHUNKING
+(RFC 3030) the message goes as BDAT chunks instead of DATA: the same CRLF
+bytes, counted instead of dot-stuffed, never parsed for a terminator.
+Reads of the spool file are plain blocking reads, as the queue's own: local
+disk, 64 KiB at a time (256 KiB per BDAT chunk).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import dataclasses
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from smtpd.mta.transfer import (
@@ -36,10 +39,12 @@ from smtpd.mta.transfer import (
     fail_all,
 )
 from smtpd.smtp import client as C
-from smtpd.smtp.client import NEED_DATA, ClientProtocol
+from smtpd.smtp.client import NEED_DATA, ClientProtocol, CrlfEncoder
 from smtpd.smtp.reply import Reply
 
 CHUNK = 65536
+BDAT_CHUNK = 4 * CHUNK  # octets read from the spool per BDAT chunk
+BDAT_WINDOW = 8  # chunk replies outstanding with PIPELINING (RFC 3030 §4.2)
 
 
 class _Broken(Exception):
@@ -405,10 +410,13 @@ class MtaSession:
             return c.rcpt(r.address, rp)
 
         pipelined = c.pipelining
+        # RFC 3030: BDAT when offered (LMTP servers too seldom do it right).
+        chunking = c.chunking and not c.lmtp
         if pipelined:
-            # RFC 2920 §3.1: MAIL, every RCPT and DATA in one write.
+            # RFC 2920 §3.1: MAIL, every RCPT and DATA in one write; BDAT
+            # waits for the RCPT replies (no chunk for nobody).
             burst = c.mail(sender, params) + b"".join(rcpt_line(r) for r in recipients)
-            await self._write(burst + c.data(), t.mail)
+            await self._write(burst + (b"" if chunking else c.data()), t.mail)
         else:
             await self._write(c.mail(sender, params), t.mail)
         mail = await self._event(t.mail)
@@ -437,6 +445,10 @@ class MtaSession:
                 if reply.code // 100 != 2:
                     settle(i, reply)
         accepted = c.accepted if mail_ok else ()
+        if chunking:
+            if accepted:
+                await self._chunks(message, accepted, settle)
+            return
         if not pipelined and not accepted:
             return
         if not pipelined:
@@ -466,6 +478,58 @@ class MtaSession:
                     settle(i, ev.reply)
             else:
                 settle(ev.index, ev.reply)
+
+    async def _chunks(self, message: BinaryIO, accepted: Sequence[int],
+                      settle: Callable[[int, Reply], None]) -> None:
+        """The message as BDAT chunks (RFC 3030 §2), up to BDAT_WINDOW
+        replies outstanding with PIPELINING.  A refused chunk stops the
+        sending (no LAST: the next transaction starts with RSET) and is the
+        result of every accepted recipient."""
+        t = self.config.timeouts
+        c = self.client
+        window = BDAT_WINDOW if c.pipelining else 1
+        enc = CrlfEncoder()
+        outstanding = 0
+        failure: Reply | None = None
+        sent_last = False
+        block = _read_block(message)
+        while True:
+            following = _read_block(message) if block else b""
+            if not following:
+                await self._write(c.bdat(enc.encode(block) + enc.finish(), last=True),
+                                  t.data_block)
+                sent_last = True
+                break
+            await self._write(c.bdat(enc.encode(block)), t.data_block)
+            outstanding += 1
+            block = following
+            while outstanding >= window and failure is None:
+                failure = await self._chunk_reply()
+                outstanding -= 1
+            if failure is not None:
+                break
+        for _ in range(outstanding):
+            # Read every reply still due, so that the connection stays in
+            # step; the next transaction starts with RSET (RFC 3030 §2).
+            refused = await self._chunk_reply()
+            failure = failure or refused
+        final = failure
+        if sent_last:
+            ev = await self._event(t.data_end)
+            if not isinstance(ev, C.MessageReply):
+                raise _Broken(_text(ev))
+            # After a refused chunk the LAST gets a 503: the refusal says more.
+            final = failure or ev.reply
+        assert final is not None
+        for i in accepted:
+            settle(i, final)
+
+    async def _chunk_reply(self) -> Reply | None:
+        """None for a chunk taken (250), else the refusal."""
+        ev = await self._event(self.config.timeouts.data_block)
+        if not isinstance(ev, C.ChunkReply):
+            raise _Broken(_text(ev))
+        return None if ev.reply.code // 100 == 2 else ev.reply
 
     async def _body(self, message: BinaryIO) -> None:
         while True:
@@ -510,6 +574,14 @@ def _text(ev: C.Event) -> str:
     if isinstance(reply, Reply):
         return str(reply)
     return f"421 4.4.0 Unexpected {type(ev).__name__}"
+
+
+def _read_block(message: BinaryIO) -> bytes:
+    try:
+        return message.read(BDAT_CHUNK)
+    except OSError as exc:
+        # As for DATA: never send LAST after a short read.
+        raise _Broken(f"451 4.3.0 Cannot read the message: {_reason(exc)}") from exc
 
 
 def _int(text: str) -> int:

@@ -12,6 +12,10 @@ writes ``mail() + rcpt() + ... + data()`` at once and reads the events one by
 one.  In LMTP mode (RFC 2033 §4.2) ``end_of_data()`` expects one reply per
 recipient accepted so far, each reported with its recipient index.
 
+With CHUNKING (RFC 3030) the message goes as ``bdat(chunk)`` calls, each
+answered by a ``ChunkReply``, then ``bdat(rest, last=True)`` answered like
+the final dot; ``CrlfEncoder`` turns spool bytes into those wire chunks.
+
 Network input never raises: a malformed reply, a reply nobody asked for or
 EOF become ``ProtocolError`` / ``ConnectionClosed`` events, after which the
 client is dead (every call of ``next_event`` returns the same event).  Misuse
@@ -53,7 +57,8 @@ class Command(enum.Enum):
     MAIL = "MAIL"
     RCPT = "RCPT"
     DATA = "DATA"
-    END_OF_DATA = "."
+    BDAT = "BDAT"  # a chunk without LAST
+    END_OF_DATA = "."  # also BDAT LAST
     RSET = "RSET"
     NOOP = "NOOP"
     QUIT = "QUIT"
@@ -139,6 +144,14 @@ class MessageReply:
 
 
 @dataclass(frozen=True, slots=True)
+class ChunkReply:
+    """The reply to a BDAT chunk without LAST: 250 to go on; anything else
+    failed the transaction (RFC 3030 §2: send no more chunks, RSET)."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
 class RsetReply:
     reply: Reply
 
@@ -170,7 +183,7 @@ class ConnectionClosed:
 
 Event = (
     Greeting | EhloDone | HeloDone | StartTlsReply | AuthChallenge | AuthDone | MailReply
-    | RcptReply | DataReply | MessageReply | RsetReply | NoopReply | QuitReply
+    | RcptReply | DataReply | ChunkReply | MessageReply | RsetReply | NoopReply | QuitReply
     | ProtocolError | ConnectionClosed
 )
 
@@ -329,6 +342,8 @@ class ClientProtocol:
                     self.state = State.DATA
                     self._bol, self._cr = True, False
                 return DataReply(reply)
+            case Command.BDAT:
+                return ChunkReply(reply)
             case Command.END_OF_DATA:
                 return MessageReply(reply, p.index)
             case Command.RSET:
@@ -455,6 +470,25 @@ class ClientProtocol:
         self._bol, self._cr = True, False
         return out + b".\r\n"
 
+    @property
+    def chunking(self) -> bool:
+        return "CHUNKING" in self.extensions
+
+    def bdat(self, chunk: bytes, last: bool = False) -> bytes:
+        """``BDAT <len> [LAST]`` followed by ``chunk`` exactly as given (wire
+        form: CRLF lines, no dot-stuffing, RFC 3030 §2).  LAST is answered
+        like the final dot: one reply, or one per accepted recipient in LMTP
+        mode.  Send LAST only after the RCPT replies were read."""
+        line = f"BDAT {len(chunk)}" + (" LAST" if last else "")
+        if not last:
+            return self._command(line, Command.BDAT) + chunk
+        out = self._command(line, Command.END_OF_DATA) + chunk
+        if self.lmtp:
+            self._pending.pop()
+            for index in self._accepted:
+                self._pending.append(_Pending(Command.END_OF_DATA, index))
+        return out
+
     def rset(self) -> bytes:
         self._rcpt_count = 0
         self._accepted = []
@@ -465,3 +499,30 @@ class ClientProtocol:
 
     def quit(self) -> bytes:
         return self._command("QUIT", Command.QUIT)
+
+
+class CrlfEncoder:
+    """Spool bytes (LF line ends) to BDAT wire bytes: every line ends in
+    CRLF, a CRLF already present stays one line end, nothing is
+    dot-stuffed (RFC 3030 §2).  Streaming: the input may split lines, even
+    a CRLF, anywhere; ``finish`` ends an unterminated last line, as
+    ``end_of_data`` does for DATA."""
+
+    def __init__(self) -> None:
+        self._bol = True
+        self._cr = False
+
+    def encode(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if self._cr and data.startswith(b"\n"):
+            out = out[1:]  # the CR of this CRLF ended the previous input
+        self._cr = data.endswith(b"\r")
+        self._bol = data.endswith(b"\n")
+        return out
+
+    def finish(self) -> bytes:
+        out = b"" if self._bol else (b"\n" if self._cr else b"\r\n")
+        self._bol, self._cr = True, False
+        return out

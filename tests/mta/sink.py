@@ -1,6 +1,7 @@
 """A small scripted SMTP/LMTP server on 127.0.0.1 for MTA tests (and for
 integration tests that need a next hop): per-recipient replies, optional
-PIPELINING, SIZE, 8BITMIME, SMTPUTF8, DSN, STARTTLS, AUTH, delays."""
+PIPELINING, SIZE, 8BITMIME, SMTPUTF8, DSN, CHUNKING (BDAT), STARTTLS, AUTH,
+delays."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class SinkConfig:
     eightbitmime: bool = True
     smtputf8: bool = False
     dsn: bool = False
+    chunking: bool = False  # offers CHUNKING and takes BDAT (RFC 3030)
+    chunk_reply: bytes | None = None  # reply to BDAT chunks without LAST
     requiretls: bool = False  # offers REQUIRETLS (RFC 8689), only under TLS
     tls: ssl.SSLContext | None = None  # offers STARTTLS when set
     tls_break: bool = False  # answer 220 to STARTTLS, then hang up (no handshake)
@@ -41,10 +44,13 @@ class Received:
     wire: bytes  # DATA as sent, CRLF and dot-stuffed, without the final dot
     mail_line: str
     rcpt_lines: list[str]
+    chunks: list[int] = field(default_factory=list)  # BDAT chunk sizes; [] for DATA
 
     @property
     def content(self) -> bytes:
         """The message un-stuffed, with LF line endings."""
+        if self.chunks:
+            return self.wire.replace(b"\r\n", b"\n")
         lines = self.wire.split(b"\r\n")
         if lines and lines[-1] == b"":
             lines.pop()
@@ -107,6 +113,8 @@ class _Conn:
         self.mail_line = ""
         self.rcpts: list[str] = []
         self.rcpt_lines: list[str] = []
+        self.bdat_wire = bytearray()
+        self.chunks: list[int] = []
 
     async def line(self) -> bytes | None:
         while b"\n" not in self.buf:
@@ -117,6 +125,16 @@ class _Conn:
         nl = self.buf.index(b"\n")
         out = bytes(self.buf[: nl + 1])
         del self.buf[: nl + 1]
+        return out
+
+    async def exactly(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            data = await self.reader.read(65536)
+            if not data:
+                return None
+            self.buf += data
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
         return out
 
     async def reply(self, verb: str, data: bytes) -> None:
@@ -139,6 +157,8 @@ class _Conn:
             ext.append("SMTPUTF8")
         if c.dsn:
             ext.append("DSN")
+        if c.chunking:
+            ext.append("CHUNKING")
         if c.requiretls and self.tls:
             ext.append("REQUIRETLS")
         if c.tls is not None and not self.tls:
@@ -204,8 +224,11 @@ class _Conn:
             await self.reply(verb, c.data_reply)
             if c.data_reply.startswith(b"354"):
                 return await self.data()
+        elif verb == "BDAT" and c.chunking:
+            return await self.bdat(text)
         elif verb == "RSET":
             self.sender, self.rcpts = None, []
+            self.bdat_wire, self.chunks = bytearray(), []
             await self.reply(verb, b"250 2.0.0 Reset state\r\n")
         elif verb == "QUIT":
             await self.reply(verb, b"221 2.0.0 Bye\r\n")
@@ -234,6 +257,23 @@ class _Conn:
         else:
             await self.reply("AUTH", b"535 5.7.8 Authentication failed\r\n")
 
+    async def bdat(self, text: str) -> bool:
+        words = text.split()
+        size, last = int(words[1]), len(words) > 2 and words[2].upper() == "LAST"
+        chunk = await self.exactly(size)
+        if chunk is None:
+            return False
+        if self.sender is None or not self.rcpts:
+            await self.reply("BDAT", b"503 5.5.1 No valid recipients\r\n")
+            return True
+        self.bdat_wire += chunk
+        self.chunks.append(size)
+        if not last:
+            await self.reply("BDAT", self.cfg.chunk_reply
+                             or f"250 2.0.0 {size} octets received\r\n".encode())
+            return True
+        return await self.message(bytes(self.bdat_wire), list(self.chunks))
+
     async def data(self) -> bool:
         wire = bytearray()
         while True:
@@ -243,9 +283,13 @@ class _Conn:
             if raw == b".\r\n":
                 break
             wire += raw
+        return await self.message(bytes(wire), [])
+
+    async def message(self, wire: bytes, chunks: list[int]) -> bool:
         assert self.sender is not None
-        self.sink.messages.append(Received(self.sender, list(self.rcpts), bytes(wire),
-                                           self.mail_line, list(self.rcpt_lines)))
+        self.sink.messages.append(Received(self.sender, list(self.rcpts), wire,
+                                           self.mail_line, list(self.rcpt_lines), chunks))
+        self.bdat_wire, self.chunks = bytearray(), []
         if self.cfg.lmtp:
             for addr in self.rcpts:
                 await self.reply(".", self.cfg.lmtp_replies.get(addr, b"250 2.0.0 delivered\r\n"))
