@@ -180,6 +180,13 @@ def dump(config: model.Config, redact: bool = False) -> str:
         lines.append("queue encryption" + (f" {secret(qo.encryption_key)}"
                                            if qo.encryption_key else ""))
     lines.append(f"queue ttl {delay(qo.ttl)}")
+    if qo.backend != "fs":  # the conninfo may hold a password: redacted like keys
+        lines.append(f"queue backend {qo.backend}" + (f" {secret(qo.backend_conninfo)}"
+                                                      if qo.backend_conninfo else ""))
+    if qo.node is not None:
+        lines.append(f"queue node {q(qo.node)}")
+    if qo.lease != model.QueueOptions.lease:
+        lines.append(f"queue lease {delay(qo.lease)}")
     lines.append("bounce warn-interval " + ", ".join(delay(d) for d in
                                                      config.bounce_warn_intervals))
     s = config.smtp

@@ -318,6 +318,12 @@ class QueueOptions:
     # None with encryption: ask with getpass; "stdin": read from stdin
     encryption_key: str | None = None
     ttl: int = DEFAULT_QUEUE_TTL
+    # issue 14: `queue backend postgres "conninfo"` shares the queue among
+    # nodes; `queue node "NAME"` (default: the hostname), `queue lease 30s`
+    backend: str = "fs"
+    backend_conninfo: str | None = None
+    node: str | None = None
+    lease: int = 30
 
 
 @dataclass(frozen=True)

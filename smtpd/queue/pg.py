@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS pysmtpd_blob (
 CREATE INDEX IF NOT EXISTS pysmtpd_blob_owner ON pysmtpd_blob (owner, kind, oid);
 CREATE TABLE IF NOT EXISTS pysmtpd_node (
     name    text        PRIMARY KEY,
+    since   timestamptz NOT NULL,  -- start of the current unbroken lease
     expires timestamptz NOT NULL
 );
 """

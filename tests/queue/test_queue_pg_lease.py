@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from smtpd.queue.blob import Kind
-from smtpd.queue.lease import LeaseKeeper, Renewal
+from smtpd.queue.lease import LeaseKeeper, LeaseLost, Renewal
 from smtpd.queue.pg import PgBackend, PgStoreError
 from tests.servers import pg_db, pg_server
 
@@ -19,10 +19,13 @@ EVP = [(MSG << 32) | 1, (MSG << 32) | 2]
 
 
 def expire(conninfo: str, node: str) -> None:
-    """Make ``node``'s lease run out now (as if it had stopped renewing)."""
+    """Make ``node``'s lease run out now (as if it had stopped renewing), and
+    every other node's lease unbroken for an hour (steady: may take over)."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("UPDATE pysmtpd_node SET expires = now() - interval '1 second'"
                      " WHERE name = %s", (node,))
+        conn.execute("UPDATE pysmtpd_node SET since = now() - interval '1 hour'"
+                     " WHERE name <> %s", (node,))
 
 
 def store(b: PgBackend) -> None:
@@ -51,6 +54,7 @@ def test_expired_node_is_taken_over_once_and_fenced(pg_db: str) -> None:
     took = b.tick()
     assert took is not None
     assert took.nodes == ("a",) and took.evpids == tuple(EVP) and took.blobs == 3
+    assert took.msgids == (MSG,)
     assert list(b.backend.list(Kind.ENVELOPE)) == EVP
     with b.backend.get(Kind.MESSAGE, MSG) as f:
         assert f.read() == b"m"
@@ -61,17 +65,36 @@ def test_expired_node_is_taken_over_once_and_fenced(pg_db: str) -> None:
     with pytest.raises(PgStoreError):
         a.backend.put(Kind.ENVELOPE, EVP[0], b"stale")
     assert a.backend.delete(Kind.ENVELOPE, EVP[0]) is False
-    assert a.renew() is Renewal.REGISTERED
+    with pytest.raises(LeaseLost):
+        a.tick()
+
+
+def test_no_takeover_before_own_lease_is_steady(pg_db: str) -> None:
+    """After a database outage all leases have lapsed: the first node back
+    must wait one ttl (others may renew meanwhile) before taking over."""
+    a = LeaseKeeper(PgBackend(pg_db, "a"), ttl=30)
+    b = LeaseKeeper(PgBackend(pg_db, "b"), ttl=30)
+    a.register()
+    b.register()
+    store(a.backend)
+    with psycopg.connect(pg_db, autocommit=True) as conn:
+        conn.execute("UPDATE pysmtpd_node SET expires = now() - interval '1 second',"
+                     " since = now() - interval '1 hour'")
+    b.renew()  # b's lease had lapsed too: a new unbroken period starts now
+    took = b.tick()
+    assert took is not None and took.evpids == ()
+    assert a.tick() is not None  # a renews in time and keeps its envelopes
+    assert list(a.backend.list(Kind.ENVELOPE)) == EVP
 
 
 def test_concurrent_takeovers_split_nothing(pg_db: str) -> None:
     a = LeaseKeeper(PgBackend(pg_db, "a"), ttl=30)
     a.register()
     store(a.backend)
-    expire(pg_db, "a")
     keepers = [LeaseKeeper(PgBackend(pg_db, f"n{i}"), ttl=30) for i in range(4)]
     for k in keepers:
         k.register()
+    expire(pg_db, "a")
     results: list[tuple[int, ...]] = []
     barrier = threading.Barrier(len(keepers))
 
