@@ -1,0 +1,143 @@
+"""DANE applied by the Relayer (TLSA over a DNS stub that sets AD), its
+precedence over MTA-STS, and REQUIRETLS (RFC 8689) on relay."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import ssl
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from smtpd.config.model import RelayOptions, RelayTlsPolicy
+from smtpd.lookup.dns import make_resolver
+from smtpd.mta.mtasts import MtaSts
+from smtpd.mta.relay import Relayer
+from smtpd.mta.routing import route_for
+from smtpd.mta.tlspolicy import TlsPlanner
+from smtpd.mta.transfer import Status, Timeouts, TransferResult
+from smtpd.queue.envelope import DeliveryType, Envelope, EnvelopeFlag
+from tests.mta.dnsstub import StubDns
+from tests.mta.sink import Sink, SinkConfig
+
+FAST = Timeouts(connect=2, greeting=2, helo=2, starttls=2, mail=2, rcpt=2, data_init=2,
+                data_block=2, data_end=2, rset=2, quit=1)
+NO_FLAGS = EnvelopeFlag(0)
+
+
+@pytest.fixture(scope="module")
+def leaf() -> trustme.LeafCert:
+    return trustme.CA().issue_cert("mx.dest.test")
+
+
+def tlsa_of(leaf: trustme.LeafCert) -> str:
+    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    key = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "3 1 1 " + hashlib.sha256(key).hexdigest()
+
+
+def tls_ctx(leaf: trustme.LeafCert) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(ctx)
+    return ctx
+
+
+def env(n: int, flags: EnvelopeFlag = NO_FLAGS) -> Envelope:
+    return Envelope(evpid=(0x51E7B466 << 32) | n, type=DeliveryType.MTA, dispatcher="relay",
+                    sender="a@src.test", rcpt="b@dest.test", dest="b@dest.test", ctime=1,
+                    ttl=100, flags=flags)
+
+
+def relay(sink: Sink, tlsa: str | None, *, secure: bool = True,
+          select: RelayTlsPolicy = RelayTlsPolicy.DANE, tlsa_fail: bool = False,
+          flags: EnvelopeFlag = NO_FLAGS) -> tuple[TransferResult, list[str]]:
+    lines: list[str] = []
+
+    async def main() -> TransferResult:
+        port = await sink.start()
+        records = {("dest.test.", "MX"): ["10 mx.dest.test."],
+                   ("mx.dest.test.", "A"): ["127.0.0.1"],
+                   # an MTA-STS record without a reachable policy server
+                   ("_mta-sts.dest.test.", "TXT"): ['"v=STSv1; id=1;"']}
+        if tlsa is not None:
+            records[(f"_{port}._tcp.mx.dest.test.", "TLSA")] = [tlsa]
+        servfail = [f"_{port}._tcp.mx.dest.test."] if tlsa_fail else []
+        dns = StubDns(records, servfail=servfail, secure=secure)
+        resolver = make_resolver(dns.spec)
+        sts = MtaSts(resolver, port=1, timeout=1, log=lines.append)
+        relayer = Relayer(resolver, timeouts=FAST, mx_port=port, log=lines.append,
+                          tls=TlsPlanner(resolver, sts=sts, log=lines.append))
+        route = route_for(RelayOptions(tls_policy=select), "dest.test", hostname="me.test",
+                          tables={})
+        try:
+            return await relayer.relay(route, "dest.test", [env(1, flags)],
+                                       io.BytesIO(b"hi\n"))
+        finally:
+            await relayer.close()
+            await sink.close()
+            dns.close()
+
+    return asyncio.run(main()), lines
+
+
+def test_matching_tlsa_delivers(leaf: trustme.LeafCert) -> None:
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, tlsa_of(leaf))
+    assert result.results[0].status is Status.OK and sink.tls_sessions == 1
+
+
+def test_wrong_tlsa_is_a_tempfail(leaf: trustme.LeafCert) -> None:
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, "3 1 1 " + "00" * 32)
+    r = result.results[0]
+    assert r.status is Status.TEMPFAIL and "4.7.5 DANE authentication" in r.text
+    assert sink.messages == []
+
+
+def test_unvalidated_tlsa_is_ignored(leaf: trustme.LeafCert) -> None:
+    # the same wrong record without the AD flag: not DNSSEC-validated, so
+    # not DANE: delivered with opportunistic TLS
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, "3 1 1 " + "00" * 32, secure=False)
+    assert result.results[0].status is Status.OK
+
+
+def test_tlsa_lookup_failure_skips_the_host(leaf: trustme.LeafCert) -> None:
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    # SERVFAIL for the TLSA name (RFC 7672 §2.2: the host is not used)
+    result, lines = relay(sink, None, tlsa_fail=True)
+    r = result.results[0]
+    assert r.status is Status.TEMPFAIL and "TLSA lookup failed" in r.text
+    assert sink.connections == 0
+    assert any("TLSA lookup for mx.dest.test failed" in line for line in lines)
+
+
+def test_dane_wins_over_mta_sts(leaf: trustme.LeafCert) -> None:
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, lines = relay(sink, tlsa_of(leaf), select=RelayTlsPolicy.BOTH)
+    assert result.results[0].status is Status.OK
+    # every host had DANE: the MTA-STS policy was not even fetched
+    assert not any("MTA-STS" in line for line in lines)
+
+
+def test_requiretls(leaf: trustme.LeafCert) -> None:
+    flag = EnvelopeFlag.REQUIRETLS
+    # DANE-authenticated peer offering REQUIRETLS: sent, with the parameter
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf), requiretls=True))
+    result, _ = relay(sink, tlsa_of(leaf), flags=flag)
+    assert result.results[0].status is Status.OK
+    assert sink.messages[0].mail_line.endswith(" REQUIRETLS")
+    # a peer that does not offer it: bounced with 5.7.10 (RFC 8689 §5)
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, tlsa_of(leaf), flags=flag)
+    r = result.results[0]
+    assert r.status is Status.PERMFAIL and r.text.startswith("550 5.7.10")
+    # unauthenticated (opportunistic) TLS is not enough
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf), requiretls=True))
+    result, _ = relay(sink, None, select=RelayTlsPolicy.NONE, flags=flag)
+    assert result.results[0].status is Status.PERMFAIL and sink.messages == []
