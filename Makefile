@@ -12,7 +12,7 @@ FIND_PYTHON = for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/py
 	    command -v $$p; exit 0; fi; done; \
 	echo "pysmtpd needs Python >= 3.12 (python3.13, python3.12 or one under ~/.pyenv/versions)" >&2; exit 1
 
-.PHONY: run test install clean lint users
+.PHONY: run test install clean lint users fuzz
 
 # As root the daemon drops privileges to _smtpd and _smtpq (DESIGN.md §1):
 # create them once, as an installation would.
@@ -38,6 +38,12 @@ lint: $(STAMP)
 
 test: lint users
 	$(VENV)/bin/pytest -q
+
+# A release-sized fuzz run: the hypothesis targets of tests/fuzz and the SMTP
+# protocol's own, with many more examples (tests/fuzz/fuzz_profiles.py).
+fuzz: $(STAMP)
+	PYSMTPD_FUZZ=long $(VENV)/bin/pytest -q tests/fuzz \
+	  tests/smtp/test_protocol_fuzz.py --hypothesis-show-statistics
 
 clean:
 	rm -rf $(VENV) var
