@@ -47,7 +47,7 @@ from smtpd.msg import (
     chunk_lines,
 )
 from smtpd.proc import QUEUE_KEY_FD_ENV, Child
-from smtpd.queue.backend import make_backend
+from smtpd.queue.cluster import LEASE_LOST, open_backend, takeover_tick
 from smtpd.queue.envelope import (
     DeliveryType,
     DsnNotify,
@@ -60,6 +60,7 @@ from smtpd.queue.envelope import (
 )
 from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError
 from smtpd.queue.front import QueueFront
+from smtpd.queue.lease import LeaseLost
 from smtpd.queue.show import queue_line
 
 TEMPFAIL = "451 4.3.0 Temporary failure"
@@ -107,7 +108,9 @@ class QueueProcess(Child):
         spool = Path("/" if self.privileged else self.config.queue_path)
         qopts = self.config.queue
         key = (self.key_from_parent or qopts.encryption_key) if qopts.encryption else None
-        self.front = QueueFront(make_backend("fs", spool), spool=spool,
+        # issue 14: `queue backend postgres` shares the queue under a node lease
+        backend, self.lease = open_backend(qopts, self.config.hostname, spool)
+        self.front = QueueFront(backend, spool=spool,
                                 compression=qopts.compression, encryption_key=key)
         self.spool = spool
         self.hostname = self.config.hostname
@@ -152,6 +155,7 @@ class QueueProcess(Child):
                 self.log.info("queue: %d envelopes loaded from the spool", self.loaded)
                 self.loader = None
                 self._update_stats()
+                self._start_lease()
                 return
             batch.setdefault(env.msgid, []).append(scheduler_info(env))
             self.loaded += 1
@@ -163,6 +167,27 @@ class QueueProcess(Child):
             for i in range(0, len(infos), SCHEDULE_BATCH):
                 self.send(Proc.SCHEDULER, Msg.QUEUE_MESSAGE_SCHEDULE,
                           MessageSchedule(msgid, infos[i:i + SCHEDULE_BATCH]))
+
+    def _start_lease(self) -> None:
+        # after the start-up walk: envelopes taken over later are scheduled
+        # by the tick, never loaded twice
+        if self.lease is not None:
+            self.loop.call_later(self.lease.interval, self._lease_tick)
+
+    def _lease_tick(self) -> None:
+        """Renew this node's lease; schedule what nodes that stopped renewing
+        left behind (issue 14)."""
+        assert self.lease is not None
+        batch: dict[int, list[list[int | str]]] = {}
+        try:
+            for env in takeover_tick(self.lease, self.front):
+                batch.setdefault(env.msgid, []).append(scheduler_info(env))
+        except LeaseLost as exc:
+            # another node delivers our envelopes now: fail closed
+            self.log.critical("queue: %s", exc)
+            self.exit(1)
+        self._send_schedule(batch)
+        self.loop.call_later(self.lease.interval, self._lease_tick)
 
     def _update_stats(self) -> None:
         for key, value in self.front.stats().items():
@@ -277,6 +302,10 @@ class QueueProcess(Child):
         for evpid in req.evpids:
             env = self._load(evpid)
             if env is None:
+                continue
+            if self.lease is not None and not self.lease.may_deliver():
+                # a lapsed lease may have been taken over: never deliver on it
+                self._report(evpid, "tempfail", LEASE_LOST, env)
                 continue
             if env.type is DeliveryType.MTA:
                 # one transfer per message, action and destination domain
