@@ -105,6 +105,7 @@ class MailParams:
     ret: Ret | None = None
     envid: str | None = None
     auth: str | None = None
+    requiretls: bool = False  # RFC 8689 §3
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,14 +285,17 @@ def _item(key: str, value: str | None) -> str:
     return key if value is None else f"{key}={value}"
 
 
-def parse_mail_params(rest: str, *, dsn: bool = True, smtputf8: bool = True) -> MailParams:
-    """MAIL FROM parameters; ``dsn``/``smtputf8`` say whether we offered them."""
+def parse_mail_params(rest: str, *, dsn: bool = True, smtputf8: bool = True,
+                      requiretls: bool = False) -> MailParams:
+    """MAIL FROM parameters; ``dsn``/``smtputf8``/``requiretls`` say whether
+    we offered them (REQUIRETLS only under TLS, RFC 8689 §4.1)."""
     size: int | None = None
     body: Body | None = None
     utf8 = False
     ret: Ret | None = None
     envid: str | None = None
     auth: str | None = None
+    require = False
     for key, value in _split_params(rest):
         bad = R.unsupported_mail_option(_item(key, value))
         if key == "SIZE" and value is not None:
@@ -306,6 +310,8 @@ def parse_mail_params(rest: str, *, dsn: bool = True, smtputf8: bool = True) -> 
                 raise ParamError(bad) from None
         elif key == "SMTPUTF8" and value is None and smtputf8:
             utf8 = True
+        elif key == "REQUIRETLS" and value is None and requiretls:
+            require = True
         elif key == "RET" and value is not None and dsn:
             try:
                 ret = Ret(value.upper())
@@ -325,7 +331,7 @@ def parse_mail_params(rest: str, *, dsn: bool = True, smtputf8: bool = True) -> 
                 raise ParamError(bad) from None
         else:
             raise ParamError(bad)
-    return MailParams(size, body, utf8, ret, envid, auth)
+    return MailParams(size, body, utf8, ret, envid, auth, require)
 
 
 def parse_rcpt_params(rest: str, *, dsn: bool = True) -> RcptParams:

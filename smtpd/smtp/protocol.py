@@ -364,6 +364,8 @@ class ServerProtocol:
                 kw.append("BINARYMIME")
         if lim.starttls_available and not self.tls_active:
             kw.append("STARTTLS")
+        if self.tls_active:
+            kw.append("REQUIRETLS")  # RFC 8689 §4.1: only over TLS
         if self.auth_offered:
             kw.append("AUTH " + " ".join(lim.auth_mechanisms))
         kw.append("HELP")
@@ -604,7 +606,8 @@ class ServerProtocol:
         except A.AddressError:
             raise _Refuse(R.SENDER_SYNTAX) from None
         try:
-            params = A.parse_mail_params(rest, dsn=lim.dsn, smtputf8=lim.smtputf8)
+            params = A.parse_mail_params(rest, dsn=lim.dsn, smtputf8=lim.smtputf8,
+                                         requiretls=self.tls_active)
         except A.ParamError as err:
             raise _Refuse(err.reply) from None
         if params.body is A.Body.BINARYMIME and not (lim.binarymime and lim.chunking):

@@ -296,6 +296,8 @@ class Session:
         sender = mailbox_text(event.address)
         params = event.params
         flags = EnvelopeFlag.AUTHENTICATED if self.auth_user else EnvelopeFlag(0)
+        if params.requiretls:
+            flags |= EnvelopeFlag.REQUIRETLS
         self.tx = Transaction(
             msgid=answer, sender=sender, envelopes=[], rcpts=[],
             template=Envelope(
