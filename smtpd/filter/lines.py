@@ -101,8 +101,10 @@ def report_line(event: str, sid: int, params: tuple[str, ...] = (),
 
 def filter_line(phase: str, sid: int, token: int, params: tuple[str, ...] = (),
                 now: float | None = None) -> str:
+    # upstream always writes the parameter field after the token, empty for
+    # data/commit; libopensmtpd refuses a token not followed by "|"
     fields = ["filter", PROTOCOL_VERSION, _stamp(now), SUBSYSTEM, phase, f"{sid:016x}",
-              f"{token:016x}", *map(_clean, params)]
+              f"{token:016x}", *(map(_clean, params) if params else ("",))]
     return "|".join(fields)
 
 

@@ -120,12 +120,12 @@ def test_killed_filter_is_survived_and_restarted(world: World) -> None:
             os.kill(pid, signal.SIGKILL)
         world.daemon.wait_for(r"filter py \(pid \d+\) killed by signal SIGKILL|"
                               r"filter py \(pid \d+\) exited")
+        world.daemon.wait_for(r"filter py down")  # the smtp side saw it go
         sock.sendall(b"RCPT TO:<root>\r\n")
         code, lines = read_reply(sock)
         assert (code, lines) == (421, ["4.3.0 Temporary failure, try again later"])
     finally:
         sock.close()
-    world.daemon.wait_for(r"filter py down")
     # restarted after its backoff; the daemon kept running throughout
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
