@@ -236,3 +236,37 @@ def test_any_chunking_any_split(lines: list[bytes], cuts: list[int], sizes: list
     assert d.messages == [body.replace(b"\r\n", b"\n")]
     assert d.lines()[-1] == "250 2.0.0 Ok"
     assert len(d.of(E.BdatChunkEnd)) == len(chunks) - 1
+
+
+_PIECES = [TX, b"MAIL FROM:<a@b.test> BODY=BINARYMIME\r\n", b"RCPT TO:<c@d.test>\r\n",
+           b"BDAT 5\r\n", b"BDAT 3 LAST\r\n", b"BDAT 0 LAST\r\n", b"BDAT x\r\n",
+           b"BDAT 2 FOO\r\n", b"DATA\r\n", b".\r\n", b"ab\r\n", b"\r", b"\n", b"RSET\r\n",
+           b"NOOP\r\n", b"EHLO c.test\r\n", b"QUIT\r\n", b"x" * 90]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=12)), max_size=30),
+       st.lists(st.integers(1, 40), max_size=20), st.lists(st.booleans(), max_size=30),
+       st.booleans())
+def test_fuzz_bdat_never_raises(pieces: list[bytes], sizes: list[int], choices: list[bool],
+                                binary: bool) -> None:
+    it = iter(choices)
+    sent: list[Reply] = []
+
+    def chaotic(proto: ServerProtocol, event: E.Event) -> Reply | None:
+        reply = answer(proto, event)
+        refuse = reply is not None and reply.is_positive and not next(it, True)
+        if refuse and not isinstance(event, E.ProtocolError):
+            reply = Reply(451, "4.3.0", "refused")
+        if reply is not None and not (event == E.DataStart(bdat=True) and reply.code == 354):
+            sent.append(reply)  # what must reach the wire, in order
+        return reply
+
+    d = Driver(answer=chaotic, binarymime=binary, max_message_size=60, max_text_line=40,
+               max_bad_commands=100)
+    d.feed(b"".join(pieces), sizes).eof()
+    replies = d.replies()
+    assert b"".join(r.to_bytes() for r in replies) == bytes(d.out)
+    assert d.p.closed
+    # one reply per event that waits for one, in order; none for BDAT's 354
+    assert replies[1:] == sent
