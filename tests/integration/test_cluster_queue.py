@@ -1,0 +1,131 @@
+"""Two daemons share one PostgreSQL queue (issue 14): mail accepted by node A
+is delivered by node B after A is killed with SIGKILL; nothing is lost and
+nothing is delivered twice.  Both nodes deliver into the same Maildir tree
+(as nodes sharing a mail store would)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import free_port
+from tests.integration.daemon import Daemon, temp_workdir
+from tests.integration.queue_helpers import (
+    maildir_files,
+    read_mail,
+    send,
+    wait_mails,
+    wait_until,
+)
+from tests.servers import PgServer, pg_server
+
+__all__ = ["pg_server"]
+
+LEASE = 2  # seconds: short, so that takeover happens within the test's time
+ROUNDS = 3
+PER_ROUND = 4
+
+CONFIG = """
+queue backend postgres "%(conninfo)s"
+queue node "%(node)s"
+queue lease %(lease)ds
+%(extra)s
+listen on 127.0.0.1 port %(port)d
+action "local" maildir "%(mail)s/%%{user.username}"
+match from any for local action "local"
+"""
+
+
+class Cluster:
+    def __init__(self, conninfo: str, mail: Path) -> None:
+        self.conninfo = conninfo
+        self.mail = mail
+        self.dirs: list[Path] = []
+        self.daemons: list[Daemon] = []
+
+    def node(self, name: str, *, paused: bool = False, extra: str = "") -> Daemon:
+        work = temp_workdir()
+        self.dirs.append(work)
+        d = Daemon(work, CONFIG % {"conninfo": self.conninfo, "node": name, "lease": LEASE,
+                                   "port": free_port(), "mail": self.mail, "extra": extra},
+                   args=("-P", "mda") if paused else ())
+        self.daemons.append(d)
+        d.start()
+        d.wait_for("envelopes loaded from the spool", 20)
+        return d
+
+    def rows(self, owner: str | None = None) -> list[tuple[str, str]]:
+        with psycopg.connect(self.conninfo) as conn:
+            rows = conn.execute("SELECT kind, owner FROM pysmtpd_blob WHERE kind <> 'keycheck'"
+                                " ORDER BY kind").fetchall()
+        return [(str(k), str(o)) for k, o in rows if owner is None or o == owner]
+
+    def close(self) -> None:
+        for d in self.daemons:
+            d.kill_group()
+        for work in self.dirs:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(pg_server: PgServer) -> Iterator[Cluster]:
+    mail = temp_workdir()
+    c = Cluster(pg_server.create_database(), mail)
+    yield c
+    c.close()
+    shutil.rmtree(mail, ignore_errors=True)
+
+
+def subjects(box: Path) -> list[str]:
+    return sorted(str(read_mail(p)["Subject"]) for p in maildir_files(box))
+
+
+def settle_exactly(box: Path, want: list[str], c: Cluster) -> None:
+    """All of ``want`` delivered, each once, and the shared queue empty."""
+    wait_mails(box, len(want), timeout=30)
+    wait_until("an empty shared queue", lambda: not c.rows() or None, timeout=15)
+    time.sleep(LEASE)  # a duplicate would show up within a renewal or two
+    assert subjects(box) == sorted(want)
+
+
+def test_node_b_delivers_what_killed_node_a_accepted(cluster: Cluster) -> None:
+    box = cluster.mail / "root"
+    b = cluster.node("node-b")
+    want: list[str] = []
+    for n in range(ROUNDS):
+        # A keeps what it accepts (MDA paused), then dies without a word
+        a = cluster.node("node-a", paused=True)
+        batch = [f"round {n} mail {i}" for i in range(PER_ROUND)]
+        for subject in batch:
+            send(a.port, "sender@example.org", ["root@localhost"],
+                 f"Subject: {subject}\r\n\r\nbody\r\n")
+        owned = cluster.rows("node-a")
+        assert sorted(k for k, _ in owned) == ["envelope"] * PER_ROUND + ["message"] * PER_ROUND
+        a.kill_group()
+        want += batch
+        settle_exactly(box, want, cluster)
+        b.wait_for(r"node node-b took over %d envelopes" % PER_ROUND, 5)
+    assert b.proc is not None and b.proc.poll() is None
+
+
+def test_kill_while_delivering_loses_and_duplicates_nothing(cluster: Cluster) -> None:
+    """A is killed right after its last 250, while it is delivering: the
+    envelopes it had not removed yet are taken over; the Maildir name stored
+    with each envelope keeps a redelivery from writing a second copy."""
+    box = cluster.mail / "root"
+    cluster.node("node-b")
+    want: list[str] = []
+    for n in range(ROUNDS):
+        a = cluster.node("node-a")
+        batch = [f"busy {n} mail {i}" for i in range(PER_ROUND)]
+        for subject in batch:
+            send(a.port, "sender@example.org", ["root@localhost"],
+                 f"Subject: {subject}\r\n\r\nbody\r\n")
+        a.kill_group()
+        want += batch
+        settle_exactly(box, want, cluster)
