@@ -222,6 +222,9 @@ class MtaSts:
         self._log = log or (lambda line: None)
         self._cache: dict[str, _Cached] = {}
         self._failed: dict[str, tuple[str, float]] = {}
+        # one lookup per domain at a time: concurrent relays to a domain
+        # share it instead of fetching the same policy N times
+        self._inflight: dict[str, asyncio.Future[Policy | None]] = {}
         self.fetches = 0
 
     def cached(self, domain: str) -> Policy | None:
@@ -232,6 +235,32 @@ class MtaSts:
 
     async def policy(self, domain: str) -> Policy | None:
         domain = domain.lower().rstrip(".")
+        running = self._inflight.get(domain)
+        if running is not None:
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                if not running.cancelled():
+                    raise  # we were cancelled
+            return await self.policy(domain)  # the leader was: look up ourselves
+        fut: asyncio.Future[Policy | None] = asyncio.get_running_loop().create_future()
+        self._inflight[domain] = fut
+        try:
+            result = await self._policy(domain)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        else:
+            fut.set_result(result)
+            return result
+        finally:
+            del self._inflight[domain]
+
+    async def _policy(self, domain: str) -> Policy | None:
         now = self.clock()
         cached = self._cache.get(domain)
         if cached is not None and cached.expires <= now:

@@ -192,3 +192,23 @@ def test_cache_follows_the_txt_id(dns: StubDns, server: PolicyServer, ca_file: s
     asyncio.run(main())
     assert any("mode=enforce" in line for line in lines)
     assert any("unavailable" in line for line in lines)
+
+
+def test_concurrent_lookups_share_one_fetch(dns: StubDns, server: PolicyServer,
+                                            ca_file: str) -> None:
+    server.serve(POLICY)
+
+    async def main() -> None:
+        sts = MtaSts(make_resolver(dns.spec), port=server.port, ca_file=ca_file, timeout=5)
+        policies = await asyncio.gather(*(sts.policy("dest.test") for _ in range(5)))
+        assert all(p is not None and p.mode is Mode.ENFORCE for p in policies)
+        assert sts.fetches == 1 and len(server.requests) == 1
+        # a cancelled leader does not strand the others
+        leader = asyncio.ensure_future(sts.policy("other.test"))
+        await asyncio.sleep(0)
+        follower = asyncio.ensure_future(sts.policy("other.test"))
+        await asyncio.sleep(0)
+        leader.cancel()
+        assert await follower is None  # other.test publishes no TXT record
+
+    asyncio.run(main())
