@@ -88,6 +88,31 @@ def scan_message(fp: BinaryIO) -> tuple[int, bool]:
     return size, eightbit
 
 
+def utf8_headers(fp: BinaryIO, limit: int = 1 << 20) -> bool:
+    """True when the header block holds UTF-8 beyond ASCII (RFC 6532 §3:
+    such a message needs SMTPUTF8, even with ASCII addresses); rewinds.
+    Legacy 8-bit headers that are not UTF-8 do not count."""
+    fp.seek(0)
+    head = bytearray()
+    while len(head) < limit:
+        chunk = fp.read(CHUNK)
+        if not chunk:
+            break
+        head += chunk
+        end = head.find(b"\n\n")
+        if end >= 0 or head.startswith(b"\n"):
+            del head[max(end, 0):]
+            break
+    fp.seek(0)
+    if head.isascii():
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "Connection timed out"
@@ -332,6 +357,10 @@ class MtaSession:
         ext = self.client.extensions
         try:
             size, eightbit = scan_message(message)
+            # UTF-8 headers: SMTPUTF8 to a peer that offers it; to one that
+            # does not, sent as before (8BITMIME): the envelope does not
+            # record whether the client asked for SMTPUTF8.
+            headers = eightbit and "SMTPUTF8" in ext and utf8_headers(message)
         except OSError as exc:
             return fail_all(recipients, Status.TEMPFAIL,
                             f"451 4.3.0 Cannot read the message: {_reason(exc)}")
@@ -341,7 +370,8 @@ class MtaSession:
             # in a weaker way
             return fail_all(recipients, Status.PERMFAIL,
                             "550 5.7.10 REQUIRETLS support required")
-        utf8 = smtputf8 or not (sender.isascii() and all(r.address.isascii() for r in recipients))
+        utf8 = smtputf8 or headers or not (
+            sender.isascii() and all(r.address.isascii() for r in recipients))
         if utf8 and "SMTPUTF8" not in ext:
             # RFC 6531 §3.2: no downgrade; upstream fails the same way.
             return fail_all(recipients, Status.PERMFAIL,
