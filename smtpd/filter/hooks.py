@@ -89,6 +89,10 @@ class SessionHooks:
         if self.active:
             self.f.report("link-greeting", self.s.listener.limits.hostname)
 
+    def timed_out(self) -> None:
+        if self.active:
+            self.f.report("timeout")
+
     def disconnected(self) -> None:
         if self.active:
             self.f.data_abort()
@@ -176,6 +180,8 @@ class SessionHooks:
                 self.msgid = 0
             case E.Rset():
                 f.report("tx-reset", *((f"{self.msgid:08x}",) if self.msgid else ()))
+            case E.AuthCredentials():
+                f.report("link-auth", "pass" if ok else "fail", event.username)
         if self.disconnect_after:
             raise FilterDisconnect("filter disconnect")
 

@@ -140,6 +140,7 @@ class Session:
             self.reason = "filter-disconnect"
         except TimeoutError:
             self.reason = "timeout"
+            self.filtering.timed_out()
             with contextlib.suppress(Exception):
                 self._write(Reply(421, "4.4.2", "Timeout, closing connection").to_bytes())
         except (ConnectionError, ssl.SSLError, OSError) as exc:
