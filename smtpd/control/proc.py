@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -262,7 +263,12 @@ class ControlProcess(Child):
             return
         self.flush_stats()
         now_ns = time.time_ns()
-        self.backend.sample(now_ns, {"uptime": (now_ns // 1_000_000_000) - int(self.started)})
+        try:
+            self.backend.sample(now_ns, {"uptime": (now_ns // 1_000_000_000) - int(self.started)})
+        except sqlite3.Error as exc:
+            # A full disk or a damaged file loses history, never mail: say so
+            # and keep going (the next interval tries again).
+            self.log.warning("control: stat history not written: %s", exc)
         interval = self.backend.retention.interval
         # aligned on the wall clock, so samples of one run land on round seconds
         self.loop.call_later(interval - (time.time() % interval), self._sample_tick)
@@ -278,7 +284,11 @@ class ControlProcess(Child):
                           "`stats persistent \"PATH\"`"], status=1, stderr=True)
             return
         now = int(time.time())
-        points = self.backend.history(key, now - parse_duration(since), now)
+        try:
+            points = self.backend.history(key, now - parse_duration(since), now)
+        except sqlite3.Error as exc:
+            client.reply([f"smtpctl: stat history unreadable: {exc}"], status=1, stderr=True)
+            return
         if not points:
             client.reply([f"smtpctl: no history for {key}"], status=1, stderr=True)
             return
