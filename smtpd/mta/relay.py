@@ -25,6 +25,7 @@ answer smtpctl's views and ``stat(key, value)`` receives upstream's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -41,7 +42,7 @@ from smtpd.mta.envelopes import send_envelopes
 from smtpd.mta.registry import HostState, Limits, Registry, RelayState
 from smtpd.mta.routing import Route
 from smtpd.mta.session import MtaSession
-from smtpd.mta.tlspolicy import HostTls, TlsPlanner
+from smtpd.mta.tlspolicy import HostTls, TlsPlanner, tls_required_no
 from smtpd.mta.transfer import (
     Recipient,
     SessionError,
@@ -50,7 +51,7 @@ from smtpd.mta.transfer import (
     TransferResult,
     fail_all,
 )
-from smtpd.queue.envelope import Envelope
+from smtpd.queue.envelope import Envelope, EnvelopeFlag
 
 BACKOFF = "451 4.4.1 Host temporarily unavailable, backing off"
 
@@ -110,6 +111,12 @@ class Relayer:
         if not envelopes:
             return TransferResult(())
         domain = domain.lower()
+        if (route.tls_select is not RelayTlsPolicy.NONE
+                and not any(EnvelopeFlag.REQUIRETLS in e.flags for e in envelopes)
+                and tls_required_no(message)):
+            # RFC 8689 §5: the sender asks that MTA-STS and DANE be ignored
+            # (REQUIRETLS wins over the header); its own idle sessions
+            route = dataclasses.replace(route, tls_select=RelayTlsPolicy.NONE)
         if route.relay is None:
             key, limit_domain = f"{route.key}|{domain}", domain
         else:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import dns.asyncresolver
 from cryptography import x509
@@ -100,6 +102,23 @@ def pkix_verify(chain: list[bytes], *, store: verification.Store, name: str) -> 
     except (verification.VerificationError, ValueError) as exc:
         return f"certificate not valid for {name}: {exc}"
     return None
+
+
+_TLS_REQUIRED_NO = re.compile(rb"(?im)^tls-required[ \t]*:[ \t\r\n]*no[ \t]*\r?$")
+
+
+def tls_required_no(message: BinaryIO, limit: int = 65536) -> bool:
+    """Does the message's header say ``TLS-Required: No`` (RFC 8689 §5)?
+    Reads the first ``limit`` bytes, leaves the position where it was."""
+    pos = message.tell()
+    try:
+        message.seek(0)
+        head = message.read(limit)
+    finally:
+        message.seek(pos)
+    end = min((i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0),
+              default=len(head))
+    return _TLS_REQUIRED_NO.search(head[:end]) is not None
 
 
 class TlsPlanner:

@@ -55,7 +55,8 @@ def env(n: int, flags: EnvelopeFlag = NO_FLAGS) -> Envelope:
 
 def relay(sink: Sink, tlsa: str | None, *, secure: bool = True,
           select: RelayTlsPolicy = RelayTlsPolicy.DANE, tlsa_fail: bool = False,
-          flags: EnvelopeFlag = NO_FLAGS) -> tuple[TransferResult, list[str]]:
+          flags: EnvelopeFlag = NO_FLAGS,
+          message: bytes = b"hi\n") -> tuple[TransferResult, list[str]]:
     lines: list[str] = []
 
     async def main() -> TransferResult:
@@ -76,7 +77,7 @@ def relay(sink: Sink, tlsa: str | None, *, secure: bool = True,
                           tables={})
         try:
             return await relayer.relay(route, "dest.test", [env(1, flags)],
-                                       io.BytesIO(b"hi\n"))
+                                       io.BytesIO(message))
         finally:
             await relayer.close()
             await sink.close()
@@ -141,3 +142,20 @@ def test_requiretls(leaf: trustme.LeafCert) -> None:
     sink = Sink(SinkConfig(tls=tls_ctx(leaf), requiretls=True))
     result, _ = relay(sink, None, select=RelayTlsPolicy.NONE, flags=flag)
     assert result.results[0].status is Status.PERMFAIL and sink.messages == []
+
+
+def test_tls_required_no_header(leaf: trustme.LeafCert) -> None:
+    wrong = "3 1 1 " + "00" * 32
+    message = b"Subject: x\nTLS-Required: No\n\nbody\n"
+    # RFC 8689 §5: the sender asks that DANE be ignored: delivered
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, wrong, message=message)
+    assert result.results[0].status is Status.OK and len(sink.messages) == 1
+    # in the body it means nothing
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, wrong, message=b"Subject: x\n\nTLS-Required: No\n")
+    assert result.results[0].status is Status.TEMPFAIL
+    # with REQUIRETLS the header is ignored
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf), requiretls=True))
+    result, _ = relay(sink, wrong, message=message, flags=EnvelopeFlag.REQUIRETLS)
+    assert result.results[0].status is Status.TEMPFAIL and sink.messages == []
