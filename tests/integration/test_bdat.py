@@ -28,6 +28,8 @@ action "local" maildir "%(mail)s/%%{user.username}"
 match from any for local action "local"
 """
 HEAD = b"EHLO client.test\r\nMAIL FROM:<s@client.test>\r\nRCPT TO:<root@localhost>\r\n"
+BIG = b"Subject: big\r\n\r\n" + b"".join(b".%07d line of a big message\r\n" % i
+                                          for i in range(25000))
 BODY = b"Subject: chunked\r\n\r\nfirst\r\n.\r\n.dot line\r\nQUIT\r\nlast line\r\n"
 
 
@@ -207,13 +209,20 @@ def test_relay_to_a_chunking_next_hop_uses_bdat(workdir: Path) -> None:
                          b"RCPT TO:<far@remote.test>\r\n" + bdat(BODY[:10], BODY[10:]))
             replies = [read_reply(sock) for _ in range(5)]
             assert replies[-1][0] == 250
+            # a message of several relay chunks (256 KiB each), sent in 3
+            sock.sendall(b"MAIL FROM:<root@localhost>\r\nRCPT TO:<far@remote.test>\r\n"
+                         + bdat(BIG[:1000], BIG[1000:400000], BIG[400000:]))
+            replies = [read_reply(sock) for _ in range(5)]
+            assert replies[-1][0] == 250
         finally:
             sock.close()
-        wait_for(lambda: len(sink.sink.messages) == 1)
-        got = sink.sink.messages[0]
+        wait_for(lambda: len(sink.sink.messages) == 2)
+        got, big = sink.sink.messages
         assert got.chunks and any(c.startswith("BDAT ") for c in sink.sink.commands)
         assert got.content.endswith(b"\n\nfirst\n.\n.dot line\nQUIT\nlast line\n")
         assert b"\r\n..dot" not in got.wire  # BDAT: never dot-stuffed
+        assert len(big.chunks) >= 3 and big.content.endswith(
+            b"\n\n" + BIG.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n"))
     finally:
         d.kill_group()
         sink.close()
