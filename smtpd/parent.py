@@ -303,7 +303,7 @@ class Parent(Node):
     async def _stop_children(self) -> None:
         self.runner.close()
         if self.filters is not None:
-            await self.filters.close()
+            self.filters.closing = True  # no restarts; stopped after smtp, which uses them
         for chan in self.channels.values():
             chan.close()
         for proc in STOP_ORDER:
@@ -321,6 +321,8 @@ class Parent(Node):
                                  child.proc, child.popen.pid)
                 child.popen.kill()
                 child.popen.wait()
+        if self.filters is not None:
+            await self.filters.close()
         self.log.info("info: exiting")
 
 

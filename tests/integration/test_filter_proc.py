@@ -139,3 +139,14 @@ def test_killed_filter_is_survived_and_restarted(world: World) -> None:
         client.ehlo("client.test")
         client.sendmail("ok@x.test", ["root"], b"Subject: again\r\n\r\nafter restart\r\n")
     assert "Subject: [filtered] again" in delivered(world.mail, "after restart")
+
+
+def test_stop_ends_the_filters_too(world: World) -> None:
+    # last in this module: stops the shared daemon, then looks for leftovers
+    # before the fixture's group kill could hide them
+    proc = world.daemon.proc
+    assert proc is not None and filter_pids(world)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert "did not stop" not in world.daemon.log_text()
+    assert not filter_pids(world)
