@@ -16,6 +16,15 @@ caller (a reply with nothing to answer) raises ``ProtocolUsageError``.
 
 The state a positive reply leads to comes from one table, ``TRANSITIONS``,
 keyed by (state, command); a missing key is a sequence error (503).
+
+BDAT (RFC 3030, bdat.py) gives the same events as DATA: the first chunk of a
+transaction is a ``DataStart(bdat=True)`` (the caller's 354 is not sent),
+then DataChunk events, a ``BdatChunkEnd`` (answered with its 250) after each
+chunk without LAST, and DataEnd after LAST or after a chunk that failed.  A
+refused BDAT's octets are always read and dropped, never run as commands:
+a sequence or syntax error is sent after them; the caller's refusal of the
+first chunk is sent at once, and every later chunk of that transaction then
+gets 503 until RSET.
 """
 
 from __future__ import annotations
