@@ -95,6 +95,18 @@ async def mx_secure(resolver: dns.asyncresolver.Resolver, domain: str) -> bool:
     return _authentic(answer)
 
 
+async def host_secure(resolver: dns.asyncresolver.Resolver, host: str) -> bool:
+    """Are the MX host's address records DNSSEC-validated?  Only then are
+    its TLSA records looked up (RFC 7672 §2.2.2); else opportunistic TLS."""
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = await resolver.resolve(host.rstrip(".") + ".", rdtype)
+        except dns.exception.DNSException:
+            continue
+        return _authentic(answer)
+    return False
+
+
 async def lookup_tlsa(resolver: dns.asyncresolver.Resolver, host: str,
                       port: int = 25) -> TlsaLookup:
     """TLSA records at ``_<port>._tcp.<host>`` (RFC 7672 §2.2.3)."""

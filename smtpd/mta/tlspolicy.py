@@ -36,6 +36,7 @@ from smtpd.mta.connect import Target
 from smtpd.mta.dane import (
     Tlsa,
     TlsaState,
+    host_secure,
     lookup_tlsa,
     mx_secure,
     policy_builder,
@@ -155,6 +156,8 @@ class TlsPlanner:
         if (select in (RelayTlsPolicy.DANE, RelayTlsPolicy.BOTH)
                 and await mx_secure(self.dnssec, domain)):
             for host, port in hosts.items():
+                if host.startswith("[") or not await host_secure(self.dnssec, host):
+                    continue  # an address literal or insecure addresses: no DANE
                 found = await lookup_tlsa(self.dnssec, host, port)
                 if found.state is TlsaState.FAILED:
                     # RFC 7672 §2.2: a failed TLSA lookup makes the host unusable

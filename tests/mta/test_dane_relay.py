@@ -53,7 +53,7 @@ def env(n: int, flags: EnvelopeFlag = NO_FLAGS) -> Envelope:
                     ttl=100, flags=flags)
 
 
-def relay(sink: Sink, tlsa: str | None, *, secure: bool = True,
+def relay(sink: Sink, tlsa: str | None, *, secure: bool = True, insecure: tuple[str, ...] = (),
           select: RelayTlsPolicy = RelayTlsPolicy.DANE, tlsa_fail: bool = False,
           flags: EnvelopeFlag = NO_FLAGS,
           message: bytes = b"hi\n") -> tuple[TransferResult, list[str]]:
@@ -68,7 +68,11 @@ def relay(sink: Sink, tlsa: str | None, *, secure: bool = True,
         if tlsa is not None:
             records[(f"_{port}._tcp.mx.dest.test.", "TLSA")] = [tlsa]
         servfail = [f"_{port}._tcp.mx.dest.test."] if tlsa_fail else []
-        dns = StubDns(records, servfail=servfail, secure=secure)
+        # AD on every answer (secure), or on all but the ``insecure`` names
+        signed: bool | set[str] = secure
+        if secure and insecure:
+            signed = {name for name, _ in records} - set(insecure)
+        dns = StubDns(records, servfail=servfail, secure=signed)
         resolver = make_resolver(dns.spec)
         sts = MtaSts(resolver, port=1, timeout=1, log=lines.append)
         relayer = Relayer(resolver, timeouts=FAST, mx_port=port, log=lines.append,
@@ -105,6 +109,14 @@ def test_unvalidated_tlsa_is_ignored(leaf: trustme.LeafCert) -> None:
     # not DANE: delivered with opportunistic TLS
     sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
     result, _ = relay(sink, "3 1 1 " + "00" * 32, secure=False)
+    assert result.results[0].status is Status.OK
+
+
+def test_insecure_address_records_mean_no_dane(leaf: trustme.LeafCert) -> None:
+    # MX and TLSA validated, the MX host's A record not (RFC 7672 §2.2.2):
+    # the wrong TLSA record is not used, delivery is opportunistic
+    sink = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    result, _ = relay(sink, "3 1 1 " + "00" * 32, insecure=("mx.dest.test.",))
     assert result.results[0].status is Status.OK
 
 
