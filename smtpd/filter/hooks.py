@@ -33,6 +33,10 @@ def _status(reply: Reply) -> str:
     return "ok" if reply.code < 400 else "tempfail" if reply.code < 500 else "permfail"
 
 
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _address(event: E.Event) -> str:
     if isinstance(event, E.MailFrom | E.RcptTo):
         return "" if event.address is None else str(event.address)
@@ -77,12 +81,14 @@ class SessionHooks:
                           ",".join(down))
             return FILTER_DOWN
         sock = s.writer.get_extra_info("sockname")
-        dst = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else "unix:"
-        src = f"{s.src}:{s.src_port}" if s.src != "local" else "unix:"
-        if ":" in s.src:
-            src = f"[{s.src}]:{s.src_port}"
+        dst = _endpoint(str(sock[0]), int(sock[1])) if isinstance(sock, tuple) else "unix:"
+        local = s.src == "local"
+        src = "unix:" if local else _endpoint(s.src, s.src_port)
         self.f.report("link-connect", s.rdns, "pass" if s.fcrdns else "fail", src, dst)
-        verdict = await self.f.phase("connect", self.facts(), (s.rdns, s.src))
+        # smtpd-filters(7) says "local" for a unix socket, but libopensmtpd (what
+        # most filters use) only parses "unix:..." and exits on "local"
+        addr = "unix:" if local else f"[{s.src}]" if ":" in s.src else s.src
+        verdict = await self.f.phase("connect", self.facts(), (s.rdns, addr))
         return verdict.reply
 
     def greeted(self) -> None:

@@ -23,6 +23,7 @@ table localre { "^local" }
 table badhelo { "^evil[.]" }
 table badsender { "@spam[.]test$" }
 table trusted { "trusted@ok.test" }
+table moved { "old-name@localhost" }
 filter "rdns-table" phase connect match rdns <localnames> reject "550 5.7.1 rdns refused"
 filter "rdns-regex" phase connect match rdns regex <localre> reject "554 5.7.1 regex refused"
 filter "no-rdns" phase connect match !rdns reject "550 no rdns"
@@ -31,7 +32,8 @@ filter "ehlo" phase ehlo match helo regex <badhelo> reject "550 5.7.1 bad ehlo"
 filter "bypass" phase mail-from match mail-from <trusted> bypass
 filter "sender" phase mail-from match mail-from regex <badsender> reject "550 5.7.1 sender refused"
 filter "junk" phase mail-from match !mail-from regex <badsender> junk
-filter "checks" chain { "no-rdns", "helo", "ehlo", "bypass", "sender", "junk" }
+filter "rewrite" phase rcpt-to match rcpt-to <moved> rewrite "root@localhost"
+filter "checks" chain { "no-rdns", "helo", "ehlo", "bypass", "sender", "junk", "rewrite" }
 listen on 127.0.0.1 port %(p1)d filter "rdns-table"
 listen on 127.0.0.1 port %(p2)d filter "rdns-regex"
 listen on 127.0.0.1 port %(p3)d filter "checks"
@@ -144,3 +146,12 @@ def test_junk_adds_x_spam_and_bypass_skips_the_rest(world: World) -> None:
         client.data(b"Subject: trusted\r\n\r\nbody\r\n")
     assert "X-Spam: yes" in _delivered(world.mail, "Subject: junked")
     assert "X-Spam" not in _delivered(world.mail, "Subject: trusted")
+
+
+def test_rewrite_changes_the_recipient(world: World) -> None:
+    with smtplib.SMTP("127.0.0.1", world.ports[2], timeout=10) as client:
+        client.ehlo("client.test")
+        client.sendmail("someone@else.test", ["old-name@localhost"],
+                        b"Subject: rewritten rcpt\r\n\r\nbody\r\n")
+    text = _delivered(world.mail, "Subject: rewritten rcpt")
+    assert "Delivered-To: root@localhost" in text
