@@ -155,6 +155,16 @@ def policy_builder(anchors: verification.Store) -> verification.PolicyBuilder:
 
 def verify_chain(chain: Sequence[bytes], records: Sequence[Tlsa],
                  names: Sequence[str]) -> str | None:
+    """``_verify_chain``; whatever the peer's certificates make the X.509
+    code raise is a failed check, never an exception in the relay."""
+    try:
+        return _verify_chain(chain, records, names)
+    except Exception as exc:  # hostile input: any library error
+        return f"unusable peer certificate: {type(exc).__name__}"
+
+
+def _verify_chain(chain: Sequence[bytes], records: Sequence[Tlsa],
+                  names: Sequence[str]) -> str | None:
     """None when the chain (DER, leaf first, as the peer sent it) matches
     one usable record, else why not.
 

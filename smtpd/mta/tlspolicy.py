@@ -102,6 +102,8 @@ def pkix_verify(chain: list[bytes], *, store: verification.Store, name: str) -> 
         verifier.verify(certs[0], certs[1:])
     except (verification.VerificationError, ValueError) as exc:
         return f"certificate not valid for {name}: {exc}"
+    except Exception as exc:  # hostile input: any library error
+        return f"unusable peer certificate: {type(exc).__name__}"
     return None
 
 

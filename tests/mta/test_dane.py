@@ -202,3 +202,9 @@ def test_tlsa_records_make_tls_mandatory() -> None:
     # no STARTTLS offered: no cleartext delivery
     with pytest.raises(SessionError, match=r"4\.7\.10 TLS required"):
         run_sink(SinkConfig(), body)
+
+
+def test_garbage_certificates_fail_the_check_without_raising() -> None:
+    rec = Tlsa(3, 1, 1, bytes(32))
+    assert verify_chain([b"\x30\x03\x02\x01\x00"], [rec], ["mx.dest.test"]) is not None
+    assert verify_chain([b"not der at all"], [rec], ["mx.dest.test"]) is not None
