@@ -204,7 +204,7 @@ class SessionHooks:
             self.f.data_begin(self.s._data_chunk)
 
     async def data_chunk(self, data: bytes) -> None:
-        if self.f.streaming() and self.f._pipeline is not None:
+        if self.f.piping:
             await self.f.data_feed(data)
         else:
             self.s._data_chunk(data)

@@ -65,6 +65,7 @@ class SessionFilters:
         self.junk = False  # session-wide (connect/helo) or transaction (later)
         self.tx_junk = False
         self._pipeline: _Pipeline | None = None
+        self._failed: FilterDown | None = None  # the stream broke mid-message
 
     @property
     def active(self) -> bool:
@@ -84,6 +85,10 @@ class SessionFilters:
         rewrite: str | None = None
         if phase == "mail-from":
             self.tx_junk = False  # a new transaction
+        down = self.down()
+        if down:  # every proc filter of the chain is required
+            self.log.warning("%s smtp: filter %s not running", self.prefix, ",".join(down))
+            return Verdict(Decision.DISCONNECT, FILTER_DOWN)
         for el in self.chain:
             if el.rule is not None:
                 if el.rule.phase != phase or not evaluate(
@@ -142,15 +147,33 @@ class SessionFilters:
         for conn in order:
             if conn not in seen:
                 seen.append(conn)
-        self._pipeline = _Pipeline(self.sid, seen, sink)
+        self._failed = None
+        try:
+            self._pipeline = _Pipeline(self.sid, seen, sink)
+        except FilterDown as exc:
+            self._failed = exc
+
+    @property
+    def piping(self) -> bool:
+        """A message is being streamed (or its stream broke: swallow the rest)."""
+        return self._pipeline is not None or self._failed is not None
 
     async def data_feed(self, data: bytes) -> None:
-        if self._pipeline is not None:
+        if self._pipeline is None:
+            return
+        try:
             await self._pipeline.feed(data)
+        except FilterDown as exc:
+            self.data_abort()
+            self._failed = exc  # the rest of the message is swallowed, never unfiltered
 
     async def data_end(self) -> Reply | None:
         """Flush the stream through every filter; None when all went well."""
         pipeline, self._pipeline = self._pipeline, None
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            self.log.warning("%s smtp: data-line filtering failed: %s", self.prefix, failed)
+            return FILTER_DOWN
         if pipeline is None:
             return None
         try:
@@ -161,6 +184,7 @@ class SessionFilters:
         return None
 
     def data_abort(self) -> None:
+        self._failed = None
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline.abort()

@@ -183,3 +183,30 @@ def test_protocol_violation_marks_the_filter_down() -> None:
         task.cancel()
 
     asyncio.run(main())
+
+
+def test_filter_dying_mid_message_swallows_the_rest() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.close()  # dies after the first line
+
+    async def main() -> None:
+        conn, _task = await start(script, ["filter|smtp-in|data-line"])
+        runtime = type("R", (), {"conns": {"a": conn}, "tables": {}})()
+        sf = SessionFilters(runtime, (Element("a", conn="a"),), 9, LOG, "s")
+        out: list[bytes] = []
+        sf.data_begin(out.append)
+        await sf.data_feed(b"first\n")
+        for _ in range(100):
+            if not conn.ready:
+                break
+            await asyncio.sleep(0.01)
+        await sf.data_feed(b"second\n")  # no exception, nothing written unfiltered
+        assert sf.piping
+        assert await sf.data_end() == FILTER_DOWN
+        assert out == []
+        assert not sf.piping
+        # and while it is down, every phase answers 421
+        assert (await sf.phase("mail-from", facts(), ("a@b",))).reply == FILTER_DOWN
+
+    asyncio.run(main())
