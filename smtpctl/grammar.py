@@ -106,6 +106,7 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("show", "profile"), "show_profile", False),
     CommandSpec(("show", "stats"), "show_stats", False),
     CommandSpec(("show", "stats", "--history", Arg.STAT_KEY), "show_stats_history", False),
+    CommandSpec(("show", "stats", "--history-keys"), "show_stats_history_keys", False),
     CommandSpec(("show", "stats", "--history", Arg.STAT_KEY, "--since", Arg.DURATION),
                 "show_stats_history", False),
     CommandSpec(("show", "status"), "show_status", False),

@@ -99,20 +99,27 @@ def history(fetch: Fetch, key: str, since: str) -> list[tuple[int, int]]:
     return [parse_history_line(line) for line in lines] if status == 0 else []
 
 
+def profiled_keys(fetch: Fetch) -> set[str]:
+    """Handlers with a history (from before a restart too) or a current value."""
+    _, keys = fetch(["show", "stats", "--history-keys"])
+    _, stat_lines = fetch(["show", "stats"])
+    names = set(keys) | {line.partition("=")[0] for line in stat_lines}
+    return {k[:-len(".total_ns")] for k in names
+            if k.startswith(PROFILE_PREFIX) and k.endswith(".total_ns")}
+
+
 def charts(fetch: Fetch, since: str, since_s: int, now: int) -> list[Chart]:
     t0 = now - since_s
-    _, stat_lines = fetch(["show", "stats"])
-    totals: dict[str, int] = {}
-    for line in stat_lines:
-        key, _, value = line.partition("=")
-        if key.startswith(PROFILE_PREFIX) and key.endswith(".total_ns"):
-            totals[key[:-len(".total_ns")]] = int(value)
-    top = sorted(totals, key=lambda k: -totals[k])[:TOP_HANDLERS]
-    busy: list[tuple[str, Series]] = []
-    for key in top:
-        name = key[len(PROFILE_PREFIX):]
+    spent: list[tuple[float, str, Series]] = []
+    for key in profiled_keys(fetch):
         # ns of handler time per second / 1e6 = ms of handler time per second
-        busy.append((name, rate(history(fetch, key + ".total_ns", since), t0, now, 1e-6)))
+        series = rate(history(fetch, key + ".total_ns", since), t0, now, 1e-6)
+        area = sum(v for _, v in series)
+        if area > 0:
+            spent.append((area, key[len(PROFILE_PREFIX):], series))
+    # the busiest handlers over this span, not since the daemon started
+    spent.sort(key=lambda item: (-item[0], item[1]))
+    busy = [(name, series) for _, name, series in spent[:TOP_HANDLERS]]
     tput = [(label, rate(history(fetch, key, since), t0, now)) for key, label in THROUGHPUT]
     return [Chart("Throughput", "msg/s", tuple(tput)),
             Chart(f"imsg handler time, top {len(busy)} types", "ms/s", tuple(busy))]

@@ -277,6 +277,13 @@ class ControlProcess(Child):
         self.flush_stats()
         client.reply(profile_lines(profile_rows(self.backend.raw())))
 
+    def cmd_show_stats_history_keys(self, client: ClientSession) -> None:
+        if not isinstance(self.backend, PersistentStat):
+            client.reply(["smtpctl: no stat history: smtpd.conf has no "
+                          "`stats persistent \"PATH\"`"], status=1, stderr=True)
+            return
+        client.reply(self.backend.keys())
+
     def cmd_show_stats_history(self, client: ClientSession, key: str,
                                since: str = "1h") -> None:
         if not isinstance(self.backend, PersistentStat):
