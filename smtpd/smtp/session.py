@@ -350,6 +350,8 @@ class Session:
         tx = self.tx
         assert tx.rcpts is not None
         proto = "ESMTP" if self.proto.extended else "SMTP"
+        if self.proto.tx_smtputf8:
+            proto = "UTF8SMTP"  # RFC 6531 §4.3 (then S, A as RFC 3848)
         tls = self.writer.get_extra_info("ssl_object")
         if tls is not None:
             proto += "S"

@@ -94,6 +94,7 @@ def test_utf8_local_part_delivered_to_a_virtual_user(workdir: Path) -> None:
             assert f"Delivered-To: {USER}@virt.test\n".encode() in data
             assert data.endswith("\n\nhéllo wörld\n".encode())
             assert "Subject: ünïcode\n".encode() in data
+            assert b"(pysmtpd) with UTF8SMTP id " in data  # RFC 6531 §4.3
         d.wait_for(rf"mda delivery .*rcpt=<{USER}@virt\.test> .*result=Ok")
     finally:
         d.kill_group()
