@@ -54,6 +54,7 @@ from smtpd.mta.transfer import (
 from smtpd.queue.envelope import Envelope, EnvelopeFlag
 
 BACKOFF = "451 4.4.1 Host temporarily unavailable, backing off"
+REQUIRETLS = "550 5.7.10 REQUIRETLS support required"  # RFC 8689 §5
 
 # A waiter re-checks this often even without a wake-up: a safety net, the
 # releases wake it at once.
@@ -111,8 +112,8 @@ class Relayer:
         if not envelopes:
             return TransferResult(())
         domain = domain.lower()
-        if (route.tls_select is not RelayTlsPolicy.NONE
-                and not any(EnvelopeFlag.REQUIRETLS in e.flags for e in envelopes)
+        requiretls = any(EnvelopeFlag.REQUIRETLS in e.flags for e in envelopes)
+        if (route.tls_select is not RelayTlsPolicy.NONE and not requiretls
                 and tls_required_no(message)):
             # RFC 8689 §5: the sender asks that MTA-STS and DANE be ignored
             # (REQUIRETLS wins over the header); its own idle sessions
@@ -123,12 +124,16 @@ class Relayer:
             # every domain through one smarthost is one relay, as upstream,
             # and its sessions carry mail for any of them
             key, limit_domain = route.key, route.relay.host.lower()
+        if requiretls:
+            # RFC 8689 §4.2.1: only sessions that passed its checks carry it
+            key += "|requiretls"
         relay = self.registry.relay(key, views.relay_text(route, domain), route.source)
         self.registry.task_started(relay, limit_domain)
         try:
             got: _Conn | TransferResult | None = self._checkout(key)
             if got is None:
-                got = await self._acquire(route, domain, envelopes, key, relay, limit_domain)
+                got = await self._acquire(route, domain, envelopes, key, relay, limit_domain,
+                                          requiretls)
             if isinstance(got, TransferResult):
                 return got
             try:
@@ -156,9 +161,11 @@ class Relayer:
 
     async def _acquire(self, route: Route, domain: str, envelopes: Sequence[Envelope],
                        key: str, relay: RelayState, limit_domain: str,
-                       ) -> _Conn | TransferResult:
+                       requiretls: bool = False) -> _Conn | TransferResult:
         """An idle session of ``key`` or a new one within the limits, else
-        every envelope's result."""
+        every envelope's result.  ``requiretls``: only a session with an
+        authenticated peer offering REQUIRETLS will do (RFC 8689 §4.2.1);
+        when every host tried refuses, the envelopes fail with 5.7.10."""
         try:
             targets = await targets_for(route, domain, self.resolver, listeners=self.listeners,
                                         mx_port=self.mx_port)
@@ -173,6 +180,7 @@ class Relayer:
         tried: set[tuple[str, int]] = set()
         error: SessionError | None = None
         last: Target | None = None
+        refused = 0  # hosts that could not take REQUIRETLS mail
         while True:
             reused = self._checkout(key)
             if reused is not None:
@@ -181,6 +189,9 @@ class Relayer:
             candidates = [t for t in targets if (t.address, t.port) not in tried
                           and (t.address, t.port) in reg.usable([(t.address, t.port)], now)]
             if not candidates:
+                if refused and error is None and last is not None:
+                    where = logfmt.address_text(last.address, last.port)
+                    return self._fail(envelopes, Status.PERMFAIL, REQUIRETLS, where)
                 if error is not None and last is not None:
                     where = logfmt.address_text(last.address, last.port)
                     return self._fail(envelopes, Status.TEMPFAIL, error.text, where)
@@ -195,7 +206,16 @@ class Relayer:
                 opened = await self._attempt(route, free, ident, key, relay, limit_domain,
                                              hosts.get(free.host))
                 if isinstance(opened, _Conn):
-                    return opened
+                    s = opened.session
+                    if not requiretls or (s.tls_active and s.verified
+                                          and "REQUIRETLS" in s.extensions):
+                        return opened
+                    # not this host: try the others, then bounce
+                    self._log(f"smtp-out: {free.host} cannot take REQUIRETLS mail "
+                              f"(tls={s.tls_active} verified={s.verified})")
+                    self._quit(opened)
+                    refused += 1
+                    continue
                 error = opened
                 continue
             # RFC 5321 §4.5.4.1 leaves concurrency to the client: wait for a slot

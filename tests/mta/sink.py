@@ -72,8 +72,8 @@ class Sink:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, port: int = 0) -> int:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", port,
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        self._server = await asyncio.start_server(self._handle, host, port,
                                                   ssl=self.config.smtps)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port

@@ -171,3 +171,45 @@ def test_tls_required_no_header(leaf: trustme.LeafCert) -> None:
     sink = Sink(SinkConfig(tls=tls_ctx(leaf), requiretls=True))
     result, _ = relay(sink, wrong, message=message, flags=EnvelopeFlag.REQUIRETLS)
     assert result.results[0].status is Status.TEMPFAIL and sink.messages == []
+
+
+@pytest.mark.parametrize("second_takes_it", [True, False])
+def test_requiretls_tries_every_mx_then_bounces(leaf: trustme.LeafCert,
+                                                second_takes_it: bool) -> None:
+    # RFC 8689 §4.2.1: a host that cannot take the mail is skipped; when no
+    # host can, the mail bounces with 5.7.10
+    first = Sink(SinkConfig(tls=tls_ctx(leaf)))
+    second = Sink(SinkConfig(tls=tls_ctx(leaf), requiretls=second_takes_it))
+    lines: list[str] = []
+
+    async def main() -> TransferResult:
+        port = await first.start()
+        await second.start(port, host="127.0.0.2")
+        tlsa = [tlsa_of(leaf)]
+        dns = StubDns({("dest.test.", "MX"): ["10 mx1.dest.test.", "20 mx2.dest.test."],
+                       ("mx1.dest.test.", "A"): ["127.0.0.1"],
+                       ("mx2.dest.test.", "A"): ["127.0.0.2"],
+                       (f"_{port}._tcp.mx1.dest.test.", "TLSA"): tlsa,
+                       (f"_{port}._tcp.mx2.dest.test.", "TLSA"): tlsa}, secure=True)
+        resolver = make_resolver(dns.spec)
+        relayer = Relayer(resolver, timeouts=FAST, mx_port=port, log=lines.append,
+                          tls=TlsPlanner(resolver, log=lines.append))
+        route = route_for(RelayOptions(tls_policy=RelayTlsPolicy.DANE), "dest.test",
+                          hostname="me.test", tables={})
+        try:
+            return await relayer.relay(route, "dest.test", [env(1, EnvelopeFlag.REQUIRETLS)],
+                                       io.BytesIO(b"hi\n"))
+        finally:
+            await relayer.close()
+            await first.close()
+            await second.close()
+            dns.close()
+
+    r = asyncio.run(main()).results[0]
+    assert first.messages == [] and first.connections == 1
+    assert any("mx1.dest.test cannot take REQUIRETLS mail" in line for line in lines)
+    if second_takes_it:
+        assert r.status is Status.OK and len(second.messages) == 1
+    else:
+        assert r.status is Status.PERMFAIL and r.text == "550 5.7.10 REQUIRETLS support required"
+        assert second.messages == [] and second.connections == 1
