@@ -52,7 +52,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 class PgServer:
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """``durable``: fsync and synchronous commit on (benchmarks); tests
+        keep them off (throw-away data, faster)."""
+        self.durable = durable
         bindir = pg_bindir()
         if bindir is None:
             raise FileNotFoundError("initdb not found (apt-get install postgresql)")
@@ -86,9 +89,10 @@ class PgServer:
                 user=self._ids[0], group=self._ids[1], extra_groups=self._ids[2])
         self.proc = subprocess.Popen(
             [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-             "-k", str(self.data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=100"],
+             "-k", str(self.data), "-c", "listen_addresses=127.0.0.1",
+             "-c", "max_connections=100",
+             *([] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                                        "-c", "full_page_writes=off"])],
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "wb"),  # noqa: SIM115
             env=env, cwd=self.dir, start_new_session=True,
             user=self._ids[0], group=self._ids[1], extra_groups=self._ids[2])
