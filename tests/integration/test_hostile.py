@@ -9,6 +9,7 @@ its own 127.0.0.x so that the others are not affected."""
 from __future__ import annotations
 
 import base64
+import select
 import shutil
 import smtplib
 import socket
@@ -126,10 +127,9 @@ def test_slowloris_command_hits_the_command_deadline(world: World) -> None:
         start = time.monotonic()
         # a byte every 0.3 s resets any idle timeout, never completes a line
         for byte in b"NOOP NOOP NOOP NOOP NOOP":
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                break
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered: writing on would bring a reset
+            sock.sendall(bytes([byte]))
             time.sleep(0.3)
             if time.monotonic() - start > COMMAND_TIMEOUT + 2:
                 break
@@ -139,6 +139,32 @@ def test_slowloris_command_hits_the_command_deadline(world: World) -> None:
     finally:
         sock.close()
     world.daemon.wait_for("smtp disconnected reason=timeout", 5)
+
+
+def test_many_slowloris_clients_are_all_cut_off(world: World) -> None:
+    """Forty trickling clients from forty addresses: every one is closed at
+    its deadline, and the smtp process does not grow with them."""
+    before = world.smtp_rss_kb()
+    socks = [greeted(world.plain, f"127.0.1.{i}") for i in range(1, 41)]
+    try:
+        start = time.monotonic()
+        open_socks = list(socks)
+        while open_socks and time.monotonic() - start < COMMAND_TIMEOUT + 4:
+            # stop trickling into a session once it has answered (its 421):
+            # writing to a closed socket would bring a reset
+            answered, _w, _x = select.select(open_socks, [], [], 0)
+            for sock in open_socks:
+                if sock not in answered:
+                    sock.sendall(b"N")
+            open_socks = [s for s in open_socks if s not in answered]
+            time.sleep(0.25)
+        for sock in socks:
+            assert closed_within(sock, 3).startswith(b"421 4.4.2")
+        assert time.monotonic() - start < COMMAND_TIMEOUT + 6
+        assert world.smtp_rss_kb() - before < RSS_SLACK_KB
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_slowloris_data_hits_the_data_deadline(world: World) -> None:
