@@ -42,7 +42,7 @@ from smtpd.mta.envelopes import send_envelopes
 from smtpd.mta.registry import HostState, Limits, Registry, RelayState
 from smtpd.mta.routing import Route
 from smtpd.mta.session import MtaSession
-from smtpd.mta.tlspolicy import HostTls, TlsPlanner, tls_required_no
+from smtpd.mta.tlspolicy import HostMode, HostTls, TlsPlanner, tls_required_no
 from smtpd.mta.transfer import (
     Recipient,
     SessionError,
@@ -207,7 +207,12 @@ class Relayer:
                                              hosts.get(free.host))
                 if isinstance(opened, _Conn):
                     s = opened.session
-                    if not requiretls or (s.tls_active and s.verified
+                    # §4.2.1 step 1: an MX host must come from DNSSEC (DANE)
+                    # or an MTA-STS policy; a configured smarthost is trusted
+                    plan = hosts.get(free.host)
+                    trusted_mx = route.relay is not None or (
+                        plan is not None and plan.mode in (HostMode.DANE, HostMode.STS_ENFORCE))
+                    if not requiretls or (trusted_mx and s.tls_active and s.verified
                                           and "REQUIRETLS" in s.extensions):
                         return opened
                     # not this host: try the others, then bounce

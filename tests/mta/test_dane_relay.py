@@ -7,13 +7,14 @@ import asyncio
 import hashlib
 import io
 import ssl
+from pathlib import Path
 
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from smtpd.config.model import RelayOptions, RelayTlsPolicy
+from smtpd.config.model import Ca, RelayOptions, RelayTls, RelayTlsPolicy
 from smtpd.lookup.dns import make_resolver
 from smtpd.mta.mtasts import MtaSts
 from smtpd.mta.relay import Relayer
@@ -213,3 +214,36 @@ def test_requiretls_tries_every_mx_then_bounces(leaf: trustme.LeafCert,
     else:
         assert r.status is Status.PERMFAIL and r.text == "550 5.7.10 REQUIRETLS support required"
         assert second.messages == [] and second.connections == 1
+
+
+def test_requiretls_needs_a_validated_mx(tmp_path: Path) -> None:
+    # a certificate verified for the MX name is not enough when the MX
+    # record itself was not validated (RFC 8689 §4.2.1 step 1)
+    ca = trustme.CA()
+    ca_path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("mx.dest.test").configure_cert(ctx)
+    sink = Sink(SinkConfig(tls=ctx, requiretls=True))
+    cas = {"c": Ca(name="c", source="t:1", cert=str(ca_path))}
+
+    async def main() -> tuple[TransferResult, TransferResult]:
+        port = await sink.start()
+        dns = StubDns({("dest.test.", "MX"): ["10 mx.dest.test."],
+                       ("mx.dest.test.", "A"): ["127.0.0.1"]})
+        relayer = Relayer(make_resolver(dns.spec), timeouts=FAST, mx_port=port)
+        route = route_for(RelayOptions(tls=RelayTls.REQUIRE, ca="c"), "dest.test",
+                          hostname="me.test", tables={}, cas=cas)
+        try:
+            plain = await relayer.relay(route, "dest.test", [env(1)], io.BytesIO(b"hi\n"))
+            req = await relayer.relay(route, "dest.test", [env(2, EnvelopeFlag.REQUIRETLS)],
+                                      io.BytesIO(b"hi\n"))
+            return plain, req
+        finally:
+            await relayer.close()
+            await sink.close()
+            dns.close()
+
+    plain, req = asyncio.run(main())
+    assert plain.results[0].status is Status.OK  # verified TLS works for plain mail
+    assert req.results[0].status is Status.PERMFAIL and len(sink.messages) == 1
