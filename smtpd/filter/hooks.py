@@ -95,6 +95,14 @@ class SessionHooks:
         if self.active:
             self.f.report("link-greeting", self.s.listener.limits.hostname)
 
+    def tls_started(self) -> None:
+        if not self.active:
+            return
+        tls = self.s.writer.get_extra_info("ssl_object")
+        if tls is not None:
+            cipher = tls.cipher()
+            self.f.report("link-tls", f"{tls.version()}:{cipher[0]}:{cipher[2]}")
+
     def timed_out(self) -> None:
         if self.active:
             self.f.report("timeout")
@@ -130,6 +138,8 @@ class SessionHooks:
             case E.MailFrom() | E.RcptTo():
                 phase = "mail-from" if isinstance(event, E.MailFrom) else "rcpt-to"
                 return phase, (_address(event),)
+            case E.StartTls():
+                return "starttls", ()
             case E.DataStart():
                 return "data", ()
             case E.Rset():

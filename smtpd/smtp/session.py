@@ -235,6 +235,7 @@ class Session:
                                limit + 1)
         self.proto.start_tls_done()
         self.smtp.stats.increment("smtp.tls")
+        self.filtering.tls_started()
 
     # -- events ------------------------------------------------------------------
 
