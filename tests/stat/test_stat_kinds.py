@@ -62,3 +62,14 @@ def test_ramstat_renders_sorted_typed_values() -> None:
              StatUpdate("z", StatKind.COUNTER, StatOp.INCREMENT, -1),
              StatUpdate("a", StatKind.DURATION, StatOp.SET, 1_500_000_000)], 0)
     assert list(b.items()) == [("a", "1.500000s"), ("z", "1")]
+
+
+def test_a_counter_that_went_up_and_down_still_appears() -> None:
+    """A session opened and closed within one batch must still create
+    smtp.session.inet4=0 in show stats (upstream lists it)."""
+    c = StatCollector(lambda: None)
+    c.increment("smtp.session.inet4")
+    c.decrement("smtp.session.inet4")
+    b = open_backend("ramstat")
+    b.apply(c.drain(), 0)
+    assert list(b.items()) == [("smtp.session.inet4", "0")]
