@@ -34,4 +34,5 @@ async def send_envelopes(session: MtaSession, envelopes: Sequence[Envelope],
         first.sender, [recipient(e) for e in envelopes], message,
         envid=xtext_encode(first.dsn_envid) if first.dsn_envid else None,
         ret=first.dsn_ret.value if first.dsn_ret is not None else None,
+        smtputf8=EnvelopeFlag.SMTPUTF8 in first.flags,
         requiretls=EnvelopeFlag.REQUIRETLS in first.flags)

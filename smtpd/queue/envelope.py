@@ -105,6 +105,7 @@ class EnvelopeFlag(enum.Flag):
     BOUNCE = enum.auto()
     INTERNAL = enum.auto()
     REQUIRETLS = enum.auto()  # RFC 8689 §4: MAIL FROM ... REQUIRETLS, relay only over verified TLS
+    SMTPUTF8 = enum.auto()  # RFC 6531 §3.4: MAIL FROM ... SMTPUTF8, the next hop must offer it
 
 
 class DsnNotify(enum.Flag):

@@ -300,6 +300,8 @@ class Session:
         flags = EnvelopeFlag.AUTHENTICATED if self.auth_user else EnvelopeFlag(0)
         if params.requiretls:
             flags |= EnvelopeFlag.REQUIRETLS
+        if params.smtputf8:
+            flags |= EnvelopeFlag.SMTPUTF8
         self.tx = Transaction(
             msgid=answer, sender=sender, envelopes=[], rcpts=[],
             template=Envelope(
