@@ -24,6 +24,7 @@ from smtpd.filter import lines as L
 
 HANDSHAKE_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 60.0  # a filter decision; upstream waits forever
+READ_SIZE = 1 << 16
 WRITE_HIGH_WATER = 1 << 20  # reports queued for a filter that does not read
 
 
@@ -91,11 +92,15 @@ class FilterConn:
             self.log.info("filter %s ready (filters: %s; reports: %s)", self.name,
                           ",".join(sorted(self.filters)) or "-",
                           ",".join(sorted(self.reports)) or "-")
-            while True:
-                raw = await reader.readline()
-                if not raw.endswith(b"\n"):
-                    break
-                self._dispatch(L.parse(raw[:-1].decode("utf-8", "surrogateescape")))
+            pending = b""
+            while data := await reader.read(READ_SIZE):
+                # whole blocks, split here: a line at a time costs too much
+                # when a data-line filter answers thousands of lines
+                *complete, pending = (pending + data).split(b"\n")
+                if len(pending) > L.MAX_LINE:
+                    raise L.LineError("line too long")
+                for raw in complete:
+                    self._dispatch(L.parse(raw.decode("utf-8", "surrogateescape")))
         except TimeoutError:
             reason = "no register|ready in time"
         except (L.LineError, ValueError) as exc:
@@ -171,12 +176,15 @@ class FilterConn:
 
     # -- requests ---------------------------------------------------------------
 
-    def _write(self, line: str) -> None:
+    def _write(self, line: str, bounded: bool = True) -> None:
+        """Queue one line.  Reports and requests are never awaited, so a filter
+        that stops reading is cut off at WRITE_HIGH_WATER; data lines
+        (``bounded=False``) are paced by ``drain()`` instead."""
         writer = self._writer
         if writer is None or self.state is ConnState.DOWN:
             raise FilterDown(f"filter {self.name} is down")
         transport = writer.transport
-        if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+        if bounded and transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             self._down("not reading its input")
             raise FilterDown(f"filter {self.name} is not reading")
         writer.write(line.encode("utf-8", "surrogateescape") + b"\n")
@@ -215,11 +223,20 @@ class FilterConn:
     def close_stream(self, sid: int, token: int) -> None:
         self._streams.pop((sid, token), None)
 
+    def send_datalines(self, sid: int, token: int, lines: list[str]) -> None:
+        writer = self._writer
+        if writer is None or self.state is ConnState.DOWN:
+            raise FilterDown(f"filter {self.name} is down")
+        writer.write(L.dataline_block(sid, token, lines).encode("utf-8", "surrogateescape"))
+
     def send_dataline(self, sid: int, token: int, line: str) -> None:
-        self._write(L.filter_line("data-line", sid, token, (line,)))
+        self._write(L.filter_line("data-line", sid, token, (line,)), bounded=False)
 
     async def dataline(self, sid: int, token: int, line: str) -> None:
         self.send_dataline(sid, token, line)
+        await self.drain()
+
+    async def drain(self) -> None:
         writer = self._writer
         if writer is not None:
             try:

@@ -108,6 +108,14 @@ def filter_line(phase: str, sid: int, token: int, params: tuple[str, ...] = (),
     return "|".join(fields)
 
 
+def dataline_block(sid: int, token: int, lines: list[str], now: float | None = None) -> str:
+    """Many data-line requests at once (one write for a whole chunk).  The
+    lines come from splitting on LF, so they hold no line break."""
+    prefix = "|".join(["filter", PROTOCOL_VERSION, _stamp(now), SUBSYSTEM, "data-line",
+                       f"{sid:016x}", f"{token:016x}", ""])
+    return "".join(f"{prefix}{line}\n" for line in lines)
+
+
 def _hex(text: str, what: str) -> int:
     try:
         value = int(text, 16)

@@ -22,6 +22,7 @@ from smtpd.filter.runtime import Element, FilterRuntime
 from smtpd.smtp.reply import Reply
 
 FILTER_DOWN = Reply(421, "4.3.0", "Temporary failure, try again later")
+SINK_BATCH = 65536  # filtered output is written to the message file in blocks
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,8 @@ class _Pipeline:
         self.stages = stages
         self.sink = sink
         self.partial = b""
+        self.out: list[bytes] = []  # the last filter's output, written in batches
+        self.out_size = 0
         self.error: FilterDown | None = None
         self.tokens: list[int] = []
         self.dones: list[asyncio.Future[None]] = []
@@ -215,7 +218,10 @@ class _Pipeline:
         if i == len(self.stages) - 1:
             def last(line: str) -> None:
                 raw = line.encode("utf-8", "surrogateescape")
-                self.sink((raw[1:] if raw.startswith(b".") else raw) + b"\n")
+                self.out.append((raw[1:] if raw.startswith(b".") else raw) + b"\n")
+                self.out_size += len(raw) + 1
+                if self.out_size >= SINK_BATCH:
+                    self._flush()
             return last
 
         def forward(line: str) -> None:
@@ -224,6 +230,11 @@ class _Pipeline:
             except FilterDown as exc:
                 self.error = exc
         return forward
+
+    def _flush(self) -> None:
+        if self.out:
+            data, self.out, self.out_size = b"".join(self.out), [], 0
+            self.sink(data)
 
     def _forward_end(self, i: int) -> Callable[[asyncio.Future[None]], None]:
         def end(fut: asyncio.Future[None]) -> None:
@@ -239,12 +250,15 @@ class _Pipeline:
         data = self.partial + data
         *complete, self.partial = data.split(b"\n")
         first, token = self.stages[0], self.tokens[0]
-        for raw in complete:
-            if self.error is not None:
-                raise self.error
-            if raw.startswith(b"."):
-                raw = b"." + raw
-            await first.dataline(self.sid, token, raw.decode("utf-8", "surrogateescape"))
+        if self.error is not None:
+            raise self.error
+        if complete:
+            first.send_datalines(self.sid, token, [
+                ("." if raw.startswith(b".") else "") + raw.decode("utf-8", "surrogateescape")
+                for raw in complete])
+        # one drain per chunk: the client's pace follows the filter's (bounded
+        # by the chunk size the protocol hands over), without a wait per line
+        await first.drain()
 
     async def finish(self) -> None:
         if self.partial:
@@ -256,6 +270,7 @@ class _Pipeline:
             raise FilterDown("no end of message from a data-line filter in time") from None
         if self.error is not None:
             raise self.error
+        self._flush()
 
     def abort(self) -> None:
         for conn, token, done in zip(self.stages, self.tokens, self.dones, strict=True):
