@@ -106,6 +106,24 @@ def test_data_lines_are_rewritten(world: World) -> None:
     world.daemon.wait_for(r"filter py: report 0\.7 tx-begin")
 
 
+def test_bdat_chunks_are_filtered_too(world: World) -> None:
+    sock = raw_connect(world.port)
+    try:
+        read_reply(sock)
+        sock.sendall(b"EHLO client.test\r\n")
+        assert "CHUNKING" in read_reply(sock)[1]
+        part1 = b"Subject: chunked\r\n\r\nbdat bo"
+        part2 = b"dy line\r\n"
+        sock.sendall(b"MAIL FROM:<ok@x.test>\r\nRCPT TO:<root>\r\n"
+                     + b"BDAT %d\r\n" % len(part1) + part1
+                     + b"BDAT %d LAST\r\n" % len(part2) + part2)
+        assert [read_reply(sock)[0] for _ in range(4)] == [250, 250, 250, 250]
+    finally:
+        sock.close()
+    text = delivered(world.mail, "bdat body line")
+    assert "Subject: [filtered] chunked" in text and "X-PyFilter: seen" in text
+
+
 def test_killed_filter_is_survived_and_restarted(world: World) -> None:
     sock = raw_connect(world.port)
     try:
