@@ -13,6 +13,7 @@ became ours since.  Without ``queue backend postgres`` there is no lease.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from smtpd.queue.envelope import Envelope
 from smtpd.queue.errors import NotFound, QueueError
 from smtpd.queue.front import QueueFront
 from smtpd.queue.lease import LeaseKeeper
-from smtpd.queue.pg import PgBackend
+from smtpd.queue.pg import NodeNameInUse, PgBackend
 
 LEASE_LOST = "451 4.3.0 Queue lease not renewed, delivery deferred"
+NAME_WAIT = 5.0  # seconds a restarting node waits for its old session to end
 
 
 def node_name(qopts: QueueOptions, hostname: str) -> str:
@@ -40,11 +42,25 @@ def open_backend(qopts: QueueOptions, hostname: str,
         return make_backend(qopts.backend, spool), None
     if not qopts.backend_conninfo:
         raise ValueError("queue backend postgres needs a conninfo")
-    backend = PgBackend(qopts.backend_conninfo, node_name(qopts, hostname))
+    backend = _claim(qopts.backend_conninfo, node_name(qopts, hostname))
     lease = LeaseKeeper(backend, float(qopts.lease))
     lease.register()
     lease.take_over()  # before recover() and the start-up walk: loaded with ours
     return backend, lease
+
+
+def _claim(conninfo: str, node: str, wait: float = NAME_WAIT) -> PgBackend:
+    """The node's backend holding its name lock.  A node restarted right after
+    a SIGKILL may find its old session not yet ended on the server: wait a
+    little for it before refusing to start."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return PgBackend(conninfo, node, exclusive=True)
+        except NodeNameInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def takeover_tick(lease: LeaseKeeper, front: QueueFront) -> Iterator[Envelope]:

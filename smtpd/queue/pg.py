@@ -38,6 +38,7 @@ SHARED = ""  # owner of the spool-wide KEYCHECK blob
 # serializes schema creation and takeovers among nodes (pg_advisory_xact_lock)
 LOCK_SCHEMA = 0x70797371_0001
 LOCK_TAKEOVER = 0x70797371_0002
+LOCK_NODE_CLASS = 0x7079  # pg_advisory_lock(class, hashtext(node)): one live node per name
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pysmtpd_blob (
@@ -54,6 +55,11 @@ CREATE TABLE IF NOT EXISTS pysmtpd_node (
     expires timestamptz NOT NULL
 );
 """
+
+
+class NodeNameInUse(OSError):
+    """Another running node holds this node name (two nodes, one name, would
+    both deliver the same envelopes)."""
 
 
 class PgStoreError(OSError):
@@ -76,13 +82,18 @@ class PgBackend:
     name = "postgres"
 
     def __init__(self, conninfo: str, node: str, *, connect_timeout: int = 5,
-                 statement_timeout_ms: int = 30000) -> None:
+                 statement_timeout_ms: int = 30000, exclusive: bool = False) -> None:
+        """``exclusive``: hold a session advisory lock on the node name on
+        every connection (the queue process does; NodeNameInUse if another
+        live node has it).  PostgreSQL drops it when the holder's connection
+        ends, so a node killed with SIGKILL frees its name at once."""
         if not node:
             raise ValueError("a postgres queue needs a node name")
         self.conninfo = conninfo
         self.node = node
         self.connect_timeout = connect_timeout
         self.statement_timeout_ms = statement_timeout_ms
+        self.exclusive = exclusive
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         with self.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_SCHEMA,))
@@ -103,7 +114,21 @@ class PgBackend:
                     options=f"-c statement_timeout={self.statement_timeout_ms}")
             except psycopg.Error as exc:
                 raise PgStoreError(f"queue database: {exc}") from None
+            if self.exclusive:
+                self._lock_name(self._conn)
         return self._conn
+
+    def _lock_name(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        try:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                               (LOCK_NODE_CLASS, self.node)).fetchone()
+        except psycopg.Error as exc:
+            self._drop()
+            raise PgStoreError(f"queue database: {exc}") from None
+        if row is None or row[0] is not True:
+            self._drop()
+            raise NodeNameInUse(errno.EADDRINUSE, f"queue node name {self.node!r} is in use by "
+                                "another running node: give each node its own `queue node`")
 
     def _drop(self) -> None:
         if self._conn is not None:

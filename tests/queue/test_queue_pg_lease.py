@@ -8,8 +8,9 @@ import psycopg
 import pytest
 
 from smtpd.queue.blob import Kind
+from smtpd.queue.cluster import _claim as claim
 from smtpd.queue.lease import LeaseKeeper, LeaseLost, Renewal
-from smtpd.queue.pg import PgBackend, PgStoreError
+from smtpd.queue.pg import NodeNameInUse, PgBackend, PgStoreError
 from tests.servers import pg_db, pg_server
 
 __all__ = ["pg_db", "pg_server"]
@@ -135,3 +136,12 @@ def test_unreachable_database_fails_renewal(pg_db: str) -> None:
     keeper.backend.close()
     assert keeper.renew() is Renewal.FAILED
     assert keeper.tick() is None
+
+
+def test_one_live_node_per_name(pg_db: str) -> None:
+    first = PgBackend(pg_db, "same", exclusive=True)
+    with pytest.raises(NodeNameInUse, match="in use by another running node"):
+        PgBackend(pg_db, "same", exclusive=True)
+    first.close()  # the holder's connection ends (as when it is killed)
+    # the server ends the old session asynchronously: the name frees soon after
+    claim(pg_db, "same").close()
