@@ -42,7 +42,7 @@ class _Running:
     popen: subprocess.Popen[bytes] | None = None
     generation: int = 0
     started: float = 0.0
-    backoff: float = RESTART_MIN
+    backoff: float = 0.0  # the next restart delay; set by the supervisor
     stderr: int = -1
     partial: bytes = b""
     timer: asyncio.TimerHandle | None = None
@@ -50,13 +50,16 @@ class _Running:
 
 class FilterSupervisor:
     def __init__(self, specs: dict[str, ProcSpec], loop: asyncio.AbstractEventLoop,
-                 log: logging.Logger, send_fd: SendFd, root: bool, default_user: str) -> None:
+                 log: logging.Logger, send_fd: SendFd, root: bool, default_user: str,
+                 restart_min: float = RESTART_MIN, restart_max: float = RESTART_MAX) -> None:
         self.loop = loop
         self.log = log
         self.send_fd = send_fd
         self.root = root
         self.default_user = default_user
-        self.procs = {name: _Running(spec) for name, spec in specs.items()}
+        self.restart_min = restart_min
+        self.restart_max = restart_max
+        self.procs = {name: _Running(spec, backoff=restart_min) for name, spec in specs.items()}
         self.closing = False
 
     def start_all(self) -> None:
@@ -119,8 +122,8 @@ class FilterSupervisor:
         if self.closing:
             return
         delay = run.backoff
-        run.backoff = min(run.backoff * 2, RESTART_MAX)
-        self.log.info("filter %s: restarting in %.0f s", run.spec.name, delay)
+        run.backoff = min(run.backoff * 2, self.restart_max)
+        self.log.info("filter %s: restarting in %g s", run.spec.name, delay)
         run.timer = self.loop.call_later(delay, self._start, run)
 
     def _stderr(self, run: _Running) -> None:
@@ -168,7 +171,7 @@ class FilterSupervisor:
                    else f"exited with status {status}")
             self.log.warning("filter %s (pid %d) %s", run.spec.name, popen.pid, how)
             if time.monotonic() - run.started >= STABLE_AFTER:
-                run.backoff = RESTART_MIN
+                run.backoff = self.restart_min
             self._schedule(run)
 
     def pids(self) -> dict[str, int]:
@@ -190,6 +193,7 @@ class FilterSupervisor:
             if run.popen is not None and run.popen.poll() is None:
                 run.popen.kill()
                 run.popen.wait()
+            run.popen = None
             if run.stderr >= 0:
                 self.loop.remove_reader(run.stderr)
                 os.close(run.stderr)
