@@ -144,6 +144,7 @@ class QueueProcess(Child):
         self.loader = self.front.walk()
         self.loaded = 0
         self.loop.call_soon(self._load_step)
+        self._start_lease()
 
     def _load_step(self) -> None:
         assert self.loader is not None
@@ -155,7 +156,6 @@ class QueueProcess(Child):
                 self.log.info("queue: %d envelopes loaded from the spool", self.loaded)
                 self.loader = None
                 self._update_stats()
-                self._start_lease()
                 return
             batch.setdefault(env.msgid, []).append(scheduler_info(env))
             self.loaded += 1
@@ -169,8 +169,9 @@ class QueueProcess(Child):
                           MessageSchedule(msgid, infos[i:i + SCHEDULE_BATCH]))
 
     def _start_lease(self) -> None:
-        # after the start-up walk: envelopes taken over later are scheduled
-        # by the tick, never loaded twice
+        # renewals start with the walk (a long walk must not let the lease
+        # lapse); an envelope both walked and taken over is scheduled twice,
+        # which the scheduler ignores (it skips evpids it already holds)
         if self.lease is not None:
             self.loop.call_later(self.lease.interval, self._lease_tick)
 

@@ -5,7 +5,9 @@ nothing is delivered twice.  Both nodes deliver into the same Maildir tree
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,3 +142,27 @@ def test_kill_while_delivering_loses_and_duplicates_nothing(cluster: Cluster) ->
         a.kill_group()
         want += batch
         settle_exactly(box, want, cluster)
+
+
+def test_frozen_node_is_fenced_and_exits(cluster: Cluster) -> None:
+    """A is frozen (SIGSTOP) past its lease: B takes its mail over and
+    delivers it; when A wakes up its writes are fenced and its queue process
+    exits (fail closed) instead of delivering from stale state."""
+    box = cluster.mail / "root"
+    b = cluster.node("node-b")
+    a = cluster.node("node-a", paused=True)
+    want = [f"frozen mail {i}" for i in range(PER_ROUND)]
+    for subject in want:
+        send(a.port, "sender@example.org", ["root@localhost"], f"Subject: {subject}\r\n\r\nx\r\n")
+    assert a.proc is not None
+    os.killpg(a.proc.pid, signal.SIGSTOP)
+    try:
+        settle_exactly(box, want, cluster)
+        b.wait_for(f"node node-b took over {PER_ROUND} envelopes", 5)
+    finally:
+        os.killpg(a.proc.pid, signal.SIGCONT)
+    a.smtpctl("resume", "mda")  # would deliver, were it not fenced
+    a.wait_for("lost its lease", 10)
+    assert a.proc.wait(timeout=20) != 0
+    time.sleep(LEASE / 2)
+    assert subjects(box) == sorted(want)
