@@ -188,14 +188,20 @@ def client(d: Daemon, n: int, rcpt: str, size: int, stop: threading.Event, t: Ta
             s.quit()
 
 
-CTL_CYCLE = (("show", "queue"), ("show", "stats"), ("pause", "mda"), ("show", "queue"),
-             ("resume", "mda"), ("pause", "smtp"), ("show", "stats"), ("resume", "smtp"))
+CTL_CYCLES = {
+    "full": (("show", "queue"), ("show", "stats"), ("pause", "mda"), ("show", "queue"),
+             ("resume", "mda"), ("pause", "smtp"), ("show", "stats"), ("resume", "smtp")),
+    "nosmtp": (("show", "queue"), ("show", "stats"), ("pause", "mda"), ("show", "queue"),
+               ("resume", "mda"), ("show", "stats")),
+    "show": (("show", "queue"), ("show", "stats")),
+}
 
 
-def controller(d: Daemon, interval: float, stop: threading.Event, t: Tally) -> None:
+def controller(d: Daemon, cycle: tuple[tuple[str, ...], ...], interval: float,
+               stop: threading.Event, t: Tally) -> None:
     i = 0
     while not stop.is_set():
-        words = CTL_CYCLE[i % len(CTL_CYCLE)]
+        words = cycle[i % len(cycle)]
         i += 1
         start = time.monotonic()
         status, out = d.smtpctl(*words)
@@ -233,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conc", type=int, default=50, help="concurrent SMTP clients")
     ap.add_argument("--size", type=int, default=2048, help="message size in bytes")
     ap.add_argument("--ctl-interval", type=float, default=0.5, help="seconds between smtpctl")
+    ap.add_argument("--ctl", choices=sorted(CTL_CYCLES), default="full",
+                    help="smtpctl commands cycled: full (show, pause/resume mda and smtp), "
+                         "nosmtp (smtp never paused) or show")
     ap.add_argument("--drain", type=float, default=120.0, help="seconds to wait for delivery")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args(argv)
@@ -246,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = [threading.Thread(target=client, args=(d, n, user, args.size, stop, t))
                    for n in range(args.conc)]
         threads.append(threading.Thread(target=controller,
-                                        args=(d, args.ctl_interval, stop_ctl, t)))
+                                        args=(d, CTL_CYCLES[args.ctl], args.ctl_interval,
+                                              stop_ctl, t)))
         rss = threading.Thread(target=sampler, args=(d, stop_ctl, t), daemon=True)
         t0 = time.monotonic()
         for th in threads:
@@ -290,7 +300,7 @@ def report(t: Tally, load_s: float, drain_s: float, delivered_n: int, lost: list
            dups: int, args: argparse.Namespace, alive: bool, queued: int, d: Daemon) -> None:
     lat = t.latencies
     print(f"soak: {args.conc} clients, {args.size} B messages, {load_s:.0f} s of load, "
-          f"smtpctl every {args.ctl_interval} s")
+          f"smtpctl ({args.ctl}) every {args.ctl_interval} s")
     print(f"  sent        {t.sent}")
     print(f"  accepted    {len(t.accepted)}  ({len(t.accepted) / load_s:.1f}/s)")
     print(f"  refused     {sum(t.refused.values())}  {dict(t.refused)} (of those sent)")
