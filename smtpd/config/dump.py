@@ -192,6 +192,10 @@ def dump(config: model.Config, redact: bool = False) -> str:
     s = config.smtp
     lines.append(f"smtp max-message-size {s.max_message_size}")
     lines.append(f"smtp limit max-mails {s.max_mails} max-rcpt {s.max_rcpt}")
+    lines.append(f"smtp limit max-sessions-per-ip {s.max_sessions_per_ip} "
+                 f"command-timeout {delay(s.command_timeout)} data-timeout {delay(s.data_timeout)} "
+                 f"max-auth-failures {s.max_auth_failures} auth-ban {delay(s.auth_ban)} "
+                 f"auth-failure-delay {s.auth_failure_delay}")
     lines.append(f"smtp sub-addr-delim {q(s.sub_addr_delim)}")
     lines.append(f"smtp ciphers {q(s.ciphers)}")
     lines.append(f"mta max-deferred {config.mta_max_deferred}")
