@@ -157,7 +157,23 @@ class SmtpProcess(Child):
     def on_live(self) -> None:
         self.mta.start([s.getsockname()[:2] for s, _ in self.listen_socks])
         self.stats.set("smtp.session", 0)
+        # Backpressure: while queue or lookup does not keep up with our
+        # requests, take no new clients (open sessions just wait for answers),
+        # so a stalled peer cannot make either side's buffers grow unbounded.
+        for peer in (Proc.QUEUE, Proc.LOOKUP):
+            chan = self.channels[peer]
+            chan.on_congested = self._peer_congested
+            chan.on_drained = self._peer_drained
         self._start_accepting()
+
+    def _peer_congested(self) -> None:
+        self.log.warning("smtp: a peer process is not keeping up; not accepting new clients")
+        self._stop_accepting()
+
+    def _peer_drained(self) -> None:
+        if not any(self.channels[p].congested for p in (Proc.QUEUE, Proc.LOOKUP)):
+            self.log.info("smtp: accepting clients again")
+            self._start_accepting()
 
     def _start_accepting(self) -> None:
         if self.accepting or self.stopping.is_set():
