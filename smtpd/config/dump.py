@@ -192,6 +192,8 @@ def dump(config: model.Config, redact: bool = False) -> str:
     s = config.smtp
     lines.append(f"smtp max-message-size {s.max_message_size}")
     lines.append(f"smtp limit max-mails {s.max_mails} max-rcpt {s.max_rcpt}")
+    for kind, count, window in s.rates:
+        lines.append(f"smtp rate {kind} {count} per {delay(window)}")
     lines.append(f"smtp limit max-sessions-per-ip {s.max_sessions_per_ip} "
                  f"command-timeout {delay(s.command_timeout)} data-timeout {delay(s.data_timeout)} "
                  f"max-auth-failures {s.max_auth_failures} auth-ban {delay(s.auth_ban)} "

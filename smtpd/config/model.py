@@ -341,6 +341,9 @@ class SmtpOptions:
     command_timeout: int = 120
     # DATA, from 354 to the final dot.
     data_timeout: int = 1800
+    # `smtp rate KIND N per DURATION`: (kind, count, window seconds), applied
+    # per client address and per authenticated user (smtpd/smtp/ratelimit.py)
+    rates: tuple[tuple[str, int, int], ...] = ()
     # AUTH failures from one address before AUTH is refused from it.
     max_auth_failures: int = 5
     auth_ban: int = 900  # seconds AUTH stays refused after that

@@ -167,9 +167,17 @@ def parse_stats(cur: Cursor, b: Builder) -> None:
 
 
 def parse_smtp(cur: Cursor, b: Builder) -> None:
-    opt = cur.expect("limit", "ciphers", "max-message-size", "sub-addr-delim")
+    opt = cur.expect("limit", "ciphers", "max-message-size", "sub-addr-delim", "rate")
     s = b.smtp
-    if opt == "limit":
+    if opt == "rate":
+        # our extension: smtp rate connections|messages|recipients N per DURATION
+        kind = cur.expect("connections", "messages", "recipients")
+        count = b.number_arg(cur, f"smtp rate {kind}", low=1)
+        cur.expect("per")
+        window = b.delay_arg(cur, f"smtp rate {kind} window")
+        s = dataclasses.replace(s, rates=(*(r for r in s.rates if r[0] != kind),
+                                          (kind, count, window)))
+    elif opt == "limit":
         if cur.at_end():
             raise cur.unexpected(expected=("max-mails", "max-rcpt", *SMTP_GUARD_LIMITS))
         while not cur.at_end():

@@ -52,6 +52,7 @@ from smtpd.proc import Child
 from smtpd.smtp.guard import GuardLimits, SourceGuard, WriteFaults
 from smtpd.smtp.mta import MtaSide
 from smtpd.smtp.protocol import ProtocolLimits
+from smtpd.smtp.ratelimit import Rate, RateKind, RateLimiter
 from smtpd.smtp.reply import Reply
 from smtpd.smtp.session import QUEUE_UNAVAILABLE, Session, reply_from_line
 
@@ -100,6 +101,7 @@ class SmtpProcess(Child):
         self.accepting = False
         self.fd_limit = _fd_limit()
         self.guard = _source_guard(self.config.smtp)
+        self.rates = _rate_limiter(self.config.smtp)
         self.faults = WriteFaults.from_env(os.environ)
         self.handle(Proc.PARENT, Msg.PARENT_LISTENER_SEND, self._on_listener)
         self.filters = FilterRuntime(self.config, self.filter_tables, self.loop, self.log)
@@ -209,11 +211,37 @@ class SmtpProcess(Child):
         if src and not self.guard.open(src):
             self._refuse_flood(conn, src)
             return
+        if src and self.rates.allow(RateKind.CONNECTIONS, [f"ip:{src}"]) is not None:
+            self.guard.close(src)
+            self._refuse_rate(conn, src)
+            return
         task = self.loop.create_task(self._session(conn, runtime))
         self.sessions.add(task)
         task.add_done_callback(self.sessions.discard)
         if src:
             task.add_done_callback(lambda _task: self.guard.close(src))
+
+    def _refuse_rate(self, conn: socket.socket, src: str) -> None:
+        wait = self.rates.retry_after(RateKind.CONNECTIONS, f"ip:{src}")
+        self.log.info("smtp: rate-limit kind=connections key=ip:%s retry-after=%ds", src, wait)
+        self.stats.increment("smtp.session.refused")
+        with contextlib.suppress(OSError):
+            conn.send(b"421 4.7.0 Too many connections, slow down and try again later\r\n")
+        conn.close()
+
+    def rate_check(self, kind: RateKind, src: str, user: str, n: int = 1) -> Reply | None:
+        """`smtp rate` per client address and per authenticated user: the
+        refusal to give, or None.  Local submissions are not limited."""
+        if src == "local":
+            return None
+        keys = [f"ip:{src}"] + ([f"user:{user}"] if user else [])
+        over = self.rates.allow(kind, keys, n)
+        if over is None:
+            return None
+        wait = self.rates.retry_after(kind, over)
+        self.log.info("smtp: rate-limit kind=%s key=%s retry-after=%ds", kind, over, wait)
+        self.stats.increment(f"smtp.ratelimit.{kind}")
+        return Reply(451, "4.7.1", f"Rate limit exceeded for {kind}, try again later")
 
     def _refuse_flood(self, conn: socket.socket, src: str) -> None:
         # `smtp limit max-sessions-per-ip`: one best-effort line, no session
@@ -298,6 +326,7 @@ class SmtpProcess(Child):
         self.listen_socks = [(sock, self.runtime_for(self._listener_for(rt.listener)))
                              for sock, rt in self.listen_socks]
         self.mta.config = new
+        self.rates = _rate_limiter(new.smtp)
         self.log.info("smtp: configuration reloaded")
 
     def _listener_for(self, old: Listener) -> Listener:
@@ -421,6 +450,11 @@ class SmtpProcess(Child):
     def on_stop(self) -> None:
         self._stop_accepting()
         self.filters.close()
+
+
+def _rate_limiter(opts: SmtpOptions) -> RateLimiter:
+    return RateLimiter([Rate(RateKind(kind), count, window) for kind, count, window in opts.rates],
+                       time.monotonic)
 
 
 def _source_guard(opts: SmtpOptions) -> SourceGuard:

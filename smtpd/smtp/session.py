@@ -34,6 +34,7 @@ from smtpd.smtp import reply as R
 from smtpd.smtp.address import Mailbox, Notify, Ret
 from smtpd.smtp.headers import HeaderFixer
 from smtpd.smtp.protocol import NEED_DATA, PAUSED, Sentinel, ServerProtocol
+from smtpd.smtp.ratelimit import RateKind
 from smtpd.smtp.reply import Reply
 
 if TYPE_CHECKING:
@@ -292,6 +293,9 @@ class Session:
     async def _mail(self, event: E.MailFrom) -> Reply:
         if self.smtp.paused:
             return Reply(421, "4.3.0", "Service temporarily paused")
+        limited = self.smtp.rate_check(RateKind.MESSAGES, self.src, self.auth_user)
+        if limited is not None:
+            return limited
         answer = await self.smtp.queue_create()
         if isinstance(answer, Reply):
             return answer
@@ -319,6 +323,9 @@ class Session:
     async def _rcpt(self, event: E.RcptTo) -> Reply:
         tx = self.tx
         assert tx.template is not None and tx.envelopes is not None and tx.rcpts is not None
+        limited = self.smtp.rate_check(RateKind.RECIPIENTS, self.src, self.auth_user)
+        if limited is not None:
+            return limited
         rcpt = str(event.address)
         notify = DsnNotify(0)
         for n in event.params.notify:
