@@ -1,22 +1,28 @@
 """End-to-end throughput: SMTP client -> smtp -> lookup -> queue (durable
 commit) -> scheduler -> parent -> maildir, measured as messages per second
 until the files exist in the Maildir, at several client concurrencies and
-message sizes.
+message sizes.  With ``--mode relay`` the daemon relays instead (issue 7):
+smtp -> queue -> scheduler -> the MTA side of smtp -> a loopback SMTP sink
+that this script runs, and the end-to-end rate counts messages until the
+sink has received them all.
 
-    .venv/bin/python bench/e2e_bench.py [--sizes 4096,102400] [--conc 1,10,50]
-                                        [--budget 15] [--max-msgs 400]
+    .venv/bin/python bench/e2e_bench.py [--mode local|relay] [--sizes 4096,102400]
+                                        [--conc 1,10,50] [--budget 15] [--max-msgs 400]
+                                        [--queue compression --queue 'encryption "KEY"']
 
 Spawns its own daemon (`python -m smtpd -d`) in a temporary directory, one
 for the whole run, and kills its process group at the end.  Each cell sends
-until --max-msgs or --budget seconds, then waits for the Maildir.  Prints one
-table: accept rate (all 250 replies), end-to-end rate (all files present),
-and the 250-reply latency (p50/p99).  Not a test: figures depend on the
-machine and its load.
+until --max-msgs or --budget seconds, then waits for the Maildir (or sink).
+Prints one table: accept rate (all 250 replies), end-to-end rate (all
+delivered), and the 250-reply latency (p50/p99).  Not a test: figures depend
+on the machine and its load.  ``Daemon``, ``Sink`` and ``run_cell`` are
+reused by bench/queue_crypto_bench.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import pwd
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +45,13 @@ READY = "envelopes loaded from the spool"  # the queue is live and recovered
 LISTEN_RE = re.compile(r"listening on \S+ port (\d+)")
 CONFIG = """queue path "{spool}"
 control socket "{sock}"
-listen on 127.0.0.1 port {port}
+{queue}listen on 127.0.0.1 port {port}
 action "local" maildir "{mail}/%{{user.username}}"
 match from any for local action "local"
+"""
+RELAY_DOMAIN = "remote.test"
+RELAY_CONFIG = """action "out" relay host smtp://127.0.0.1:{sink}
+match from any for domain "{domain}" action "out"
 """
 
 
@@ -50,17 +61,98 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Daemon:
-    """The real daemon in its own session; killed with its group on exit."""
+class Sink:
+    """A loopback SMTP server that accepts every message and counts them: the
+    next hop of relay mode.  Speaks just enough ESMTP for the daemon's MTA
+    (EHLO with PIPELINING and 8BITMIME, MAIL, RCPT, DATA, RSET, NOOP, QUIT),
+    answering commands in order so pipelined groups work (RFC 2920 §3.1).
+    Runs its own event loop in a thread so the blocking clients can share
+    the process."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self) -> None:
+        self.received = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self._thread.start()
+        if not started.wait(10):
+            raise SystemExit("sink did not start")
+        assert self._server is not None
+        self.port: int = int(self._server.sockets[0].getsockname()[1])
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self._server = self.loop.run_until_complete(
+            asyncio.start_server(self._session, "127.0.0.1", 0, backlog=200))
+        started.set()
+        self.loop.run_forever()
+
+    def count(self) -> int:
+        with self._lock:
+            return self.received
+
+    async def _session(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        with self._lock:
+            self.connections += 1
+        writer.write(b"220 sink.bench.test ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    writer.write(b"250-sink.bench.test\r\n250-PIPELINING\r\n"
+                                 b"250-8BITMIME\r\n250 SIZE 104857600\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    while (data := await reader.readline()) not in (b".\r\n", b".\n"):
+                        if not data:
+                            return
+                    with self._lock:
+                        self.received += 1
+                    writer.write(b"250 2.0.0 queued\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 2.0.0 bye\r\n")
+                    await writer.drain()
+                    return
+                else:  # MAIL, RCPT, RSET, NOOP: accept everything
+                    writer.write(b"250 2.0.0 Ok\r\n")
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            self.loop.stop()
+        self.loop.call_soon_threadsafe(stop)
+        self._thread.join(5)
+
+
+class Daemon:
+    """The real daemon in its own session; killed with its group on exit.
+    ``queue``: extra ``queue ...`` directives (e.g. ``compression``);
+    ``relay_port``: also relay mail for RELAY_DOMAIN to 127.0.0.1 there."""
+
+    def __init__(self, root: Path, queue: Sequence[str] = (),
+                 relay_port: int | None = None) -> None:
         root.chmod(0o711)  # privilege-dropped processes must traverse it
         self.root = root
         self.mail = root / "mail"
         self.port = free_port()
         conf = root / "smtpd.conf"
-        conf.write_text(CONFIG.format(spool=root / "spool", sock=root / "smtpd.sock",
-                                      port=self.port, mail=self.mail))
+        text = CONFIG.format(spool=root / "spool", sock=root / "smtpd.sock",
+                             port=self.port, mail=self.mail,
+                             queue="".join(f"queue {q}\n" for q in queue))
+        if relay_port is not None:
+            text += RELAY_CONFIG.format(sink=relay_port, domain=RELAY_DOMAIN)
+        conf.write_text(text)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "smtpd", "-d", "-f", str(conf)], cwd=root,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -123,9 +215,11 @@ def count_new(maildir: Path) -> int:
 MAILS_PER_SESSION = 100  # upstream's session max-mails: the 101st MAIL gets 452 4.5.3
 
 
-def run_cell(d: Daemon, rcpt: str, maildir: Path, size: int, conc: int,
+def run_cell(d: Daemon, rcpt: str, delivered: Callable[[], int], size: int, conc: int,
              max_msgs: int, budget: float) -> Cell:
-    before = count_new(maildir)
+    """``delivered()``: messages at the destination so far (Maildir files or
+    messages the sink received)."""
+    before = delivered()
     lock = threading.Lock()
     latencies: list[float] = []
     counters = {"sent": 0, "failed": 0, "claimed": 0}
@@ -170,15 +264,19 @@ def run_cell(d: Daemon, rcpt: str, maildir: Path, size: int, conc: int,
     accept_s = time.monotonic() - t0
     want = before + counters["sent"]
     drain_deadline = time.monotonic() + max(30.0, budget)
-    while count_new(maildir) < want and time.monotonic() < drain_deadline:
+    while delivered() < want and time.monotonic() < drain_deadline:
         time.sleep(0.01)
-    e2e_s = time.monotonic() - t0 if count_new(maildir) >= want else -1.0
+    e2e_s = time.monotonic() - t0 if delivered() >= want else -1.0
     return Cell(size, conc, counters["sent"], counters["failed"], accept_s, e2e_s,
                 tuple(latencies))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--mode", choices=("local", "relay"), default="local",
+                    help="deliver to a Maildir, or relay to a loopback SMTP sink")
+    ap.add_argument("--queue", action="append", default=[], metavar="OPTION",
+                    help="a `queue OPTION` directive for the daemon (repeatable)")
     ap.add_argument("--sizes", default="4096,102400", help="message sizes in bytes")
     ap.add_argument("--conc", default="1,10,50", help="concurrent SMTP clients")
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of sending per cell")
@@ -186,19 +284,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     user = pwd.getpwuid(os.getuid()).pw_name
     root = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
-    d = Daemon(root)
+    sink = Sink() if args.mode == "relay" else None
+    d = Daemon(root, args.queue, sink.port if sink else None)
     try:
         maildir = d.mail / user
-        print(f"daemon pid {d.proc.pid}, port {d.port}, rcpt {user}@localhost, "
-              f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
+        delivered: Callable[[], int]
+        if sink is not None:
+            rcpt, delivered = f"bench@{RELAY_DOMAIN}", sink.count
+        else:
+            rcpt, delivered = f"{user}@localhost", lambda: count_new(maildir)
+        print(f"mode {args.mode}, daemon pid {d.proc.pid}, port {d.port}, rcpt {rcpt}, "
+              f"queue {args.queue or ['plain']}, {os.cpu_count()} cpus, "
+              f"load {os.getloadavg()[0]:.1f}")
         print(HEADER)
         for size in (int(x) for x in args.sizes.split(",")):
             for conc in (int(x) for x in args.conc.split(",")):
-                cell = run_cell(d, f"{user}@localhost", maildir, size, conc,
-                                args.max_msgs, args.budget)
+                cell = run_cell(d, rcpt, delivered, size, conc, args.max_msgs, args.budget)
                 print(cell.row(), flush=True)
+        if sink is not None:
+            print(f"sink: {sink.count()} messages over {sink.connections} connections")
     finally:
         d.kill()
+        if sink is not None:
+            sink.close()
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
