@@ -12,7 +12,7 @@ FIND_PYTHON = for p in python3.13 python3.12 $$HOME/.pyenv/versions/3.13*/bin/py
 	    command -v $$p; exit 0; fi; done; \
 	echo "pysmtpd needs Python >= 3.12 (python3.13, python3.12 or one under ~/.pyenv/versions)" >&2; exit 1
 
-.PHONY: run test install clean lint users fuzz
+.PHONY: run test install install-links uninstall clean lint users fuzz
 
 # As root the daemon drops privileges to _smtpd and _smtpq (DESIGN.md §1):
 # create them once, as an installation would.
@@ -26,7 +26,27 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install -q --upgrade pip && \
 	  $(PY) -m pip install -q -e '.[test]' && touch $(STAMP)
 
-install: $(STAMP)
+# make install [PREFIX=/usr/local] as root: docs/install.md.  Every path can be
+# moved (DESTDIR for packagers; tests install into a temp dir).
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+SPOOLDIR ?= /var/spool/smtpd
+RUNDIR ?= /var/run
+UNITDIR ?= /etc/systemd/system
+INSTALL_ENV = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' SYSCONFDIR='$(SYSCONFDIR)' \
+	SPOOLDIR='$(SPOOLDIR)' RUNDIR='$(RUNDIR)' UNITDIR='$(UNITDIR)' PIP_OPTS='$(PIP_OPTS)'
+
+install:
+	@py='$(PYTHON)'; [ -n "$$py" ] || py=$$($(FIND_PYTHON)) || exit 1; \
+	  $(INSTALL_ENV) PYTHON="$$py" sh contrib/install.sh install
+
+# /usr/sbin/sendmail, /usr/lib/sendmail, /usr/bin/mailq and /usr/bin/newaliases
+# pointing at PREFIX; refused while another MTA owns them.
+install-links:
+	@$(INSTALL_ENV) sh contrib/install.sh links
+
+uninstall:
+	@$(INSTALL_ENV) sh contrib/install.sh uninstall
 
 run: $(STAMP) users
 	mkdir -p var
