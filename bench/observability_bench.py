@@ -47,8 +47,13 @@ def start(observed: bool) -> tuple[e2e_bench.Daemon, Path]:
 def group_cpu(pgid: int) -> float:
     """CPU seconds of every process in the daemon's group, with reaped
     children (the MDA forks): steadier than msg/s on a loaded shared machine."""
+    return sum(proc_cpu(pgid).values())
+
+
+def proc_cpu(pgid: int) -> dict[str, float]:
+    """CPU seconds per process title (smtpd: control, smtpd: queue, ...)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[str, float] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -57,8 +62,13 @@ def group_cpu(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / tick
+            try:
+                title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                continue
+            # utime stime cutime cstime
+            out[title] = out.get(title, 0.0) + sum(int(x) for x in fields[11:15]) / tick
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--max-msgs", type=int, default=300)
     ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--aa", action="store_true",
+                    help="control run: both daemons plain, to see the bench's own bias")
     args = ap.parse_args(argv)
     user = pwd.getpwuid(os.getuid()).pw_name
-    daemons = {False: start(False), True: start(True)}
+    daemons = {False: start(False), True: start(not args.aa)}
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    # the mail path's CPU (every process but control) and control's, per message
+    path_cpu: dict[bool, list[float]] = {False: [], True: []}
+    ctl_cpu: dict[bool, list[float]] = {False: [], True: []}
     try:
         print(f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}, conc {args.conc}, "
               f"size {args.size}, {args.max_msgs} msgs per cell")
@@ -80,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.rounds):
             for observed in ((False, True) if n % 2 == 0 else (True, False)):
                 d, _root = daemons[observed]
-                cpu0 = group_cpu(d.proc.pid)
-                cell = e2e_bench.run_cell(d, f"{user}@localhost", d.mail / user, args.size,
+                cpu0 = proc_cpu(d.proc.pid)
+                maildir = d.mail / user
+                cell = e2e_bench.run_cell(d, f"{user}@localhost",
+                                          lambda m=maildir: e2e_bench.count_new(m), args.size,
                                           args.conc, args.max_msgs, args.budget)
-                ms_per_msg = (group_cpu(d.proc.pid) - cpu0) * 1000 / max(1, cell.sent)
+                cpu1 = proc_cpu(d.proc.pid)
+                per = {t: (v - cpu0.get(t, 0.0)) * 1000 / max(1, cell.sent)
+                       for t, v in cpu1.items()}
+                ms_per_msg = sum(per.values())
+                ctl = sum(v for t, v in per.items() if "control" in t)
                 cpu[observed].append(ms_per_msg)
+                ctl_cpu[observed].append(ctl)
+                path_cpu[observed].append(ms_per_msg - ctl)
                 if cell.e2e_s > 0:
                     rates[observed].append(cell.sent / cell.e2e_s)
                 print(f"{n:>5}  {'on ' if observed else 'off'} {cell.row()} {ms_per_msg:8.2f}",
@@ -93,8 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"median e2e msg/s: off {off:.1f}, on {on:.1f}, on/off {on / off:.3f}")
         coff, con = statistics.median(cpu[False]), statistics.median(cpu[True])
         print(f"median daemon CPU ms/msg: off {coff:.2f}, on {con:.2f}, on/off {con / coff:.3f}")
+        poff, pon = statistics.median(path_cpu[False]), statistics.median(path_cpu[True])
+        print(f"  mail path (all but control): off {poff:.2f}, on {pon:.2f}, "
+              f"on/off {pon / poff:.3f}")
+        print(f"  control: off {statistics.median(ctl_cpu[False]):.3f}, "
+              f"on {statistics.median(ctl_cpu[True]):.3f}")
         db = daemons[True][1] / "stats.db"
-        print(f"stats.db after the run: {db.stat().st_size} bytes")
+        if db.exists():
+            print(f"stats.db after the run: {db.stat().st_size} bytes")
     finally:
         for d, root in daemons.values():
             d.kill()
