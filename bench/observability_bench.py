@@ -13,6 +13,7 @@ Prints each round, the medians and the ratio on/off.  Not a test.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import pwd
 import shutil
@@ -96,10 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             for observed in ((False, True) if n % 2 == 0 else (True, False)):
                 d, _root = daemons[observed]
                 cpu0 = proc_cpu(d.proc.pid)
-                maildir = d.mail / user
                 cell = e2e_bench.run_cell(d, f"{user}@localhost",
-                                          lambda m=maildir: e2e_bench.count_new(m), args.size,
-                                          args.conc, args.max_msgs, args.budget)
+                                          functools.partial(e2e_bench.count_new, d.mail / user),
+                                          args.size, args.conc, args.max_msgs, args.budget)
                 cpu1 = proc_cpu(d.proc.pid)
                 per = {t: (v - cpu0.get(t, 0.0)) * 1000 / max(1, cell.sent)
                        for t, v in cpu1.items()}
