@@ -9,14 +9,17 @@ sink has received them all.
     .venv/bin/python bench/e2e_bench.py [--mode local|relay] [--sizes 4096,102400]
                                         [--conc 1,10,50] [--budget 15] [--max-msgs 400]
                                         [--queue compression --queue 'encryption "KEY"']
+                                        [--backends fs,postgres]
 
 Spawns its own daemon (`python -m smtpd -d`) in a temporary directory, one
 for the whole run, and kills its process group at the end.  Each cell sends
 until --max-msgs or --budget seconds, then waits for the Maildir (or sink).
 Prints one table: accept rate (all 250 replies), end-to-end rate (all
 delivered), and the 250-reply latency (p50/p99).  Not a test: figures depend
-on the machine and its load.  ``Daemon``, ``Sink`` and ``run_cell`` are
-reused by bench/queue_crypto_bench.py.
+on the machine and its load.  ``--backends fs,postgres`` runs the same cells
+against one daemon per queue backend in turn, the postgres one on a durable
+throw-away PostgreSQL started from tests/servers.py (issue 14).  ``Daemon``,
+``Sink`` and ``run_cell`` are reused by bench/queue_crypto_bench.py.
 """
 
 from __future__ import annotations
@@ -126,13 +129,22 @@ class Sink:
         finally:
             writer.close()
 
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def close(self) -> None:
-        def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            self.loop.stop()
-        self.loop.call_soon_threadsafe(stop)
+        """Cancel open sessions (the daemon may hold connections) and stop."""
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class Daemon:
@@ -271,31 +283,37 @@ def run_cell(d: Daemon, rcpt: str, delivered: Callable[[], int], size: int, conc
                 tuple(latencies))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--mode", choices=("local", "relay"), default="local",
-                    help="deliver to a Maildir, or relay to a loopback SMTP sink")
-    ap.add_argument("--queue", action="append", default=[], metavar="OPTION",
-                    help="a `queue OPTION` directive for the daemon (repeatable)")
-    ap.add_argument("--sizes", default="4096,102400", help="message sizes in bytes")
-    ap.add_argument("--conc", default="1,10,50", help="concurrent SMTP clients")
-    ap.add_argument("--budget", type=float, default=15.0, help="seconds of sending per cell")
-    ap.add_argument("--max-msgs", type=int, default=400, help="messages per cell at most")
-    args = ap.parse_args(argv)
-    user = pwd.getpwuid(os.getuid()).pw_name
-    root = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
-    sink = Sink() if args.mode == "relay" else None
-    d = Daemon(root, args.queue, sink.port if sink else None)
-    try:
+def pg_queue(stack: contextlib.ExitStack) -> list[str]:
+    """`queue` directives for the ``postgres`` backend on a throw-away,
+    durable PostgreSQL (fsync and synchronous_commit on, as the fs backend
+    fsyncs): tests/servers.py's, stopped when the stack closes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests/
+    from tests.servers import PgServer
+
+    server = PgServer(durable=True).start()
+    stack.callback(server.stop)
+    return [f'backend postgres "{server.create_database()}"', 'node "bench-node"']
+
+
+def run_backend(args: argparse.Namespace, backend: str, user: str) -> None:
+    with contextlib.ExitStack() as stack:
+        queue = list(args.queue) + (pg_queue(stack) if backend == "postgres" else [])
+        root = Path(tempfile.mkdtemp(prefix="e2e-bench-"))
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        sink = Sink() if args.mode == "relay" else None
+        if sink is not None:
+            stack.callback(sink.close)
+        d = Daemon(root, queue, sink.port if sink else None)
+        stack.callback(d.kill)
         maildir = d.mail / user
         delivered: Callable[[], int]
         if sink is not None:
             rcpt, delivered = f"bench@{RELAY_DOMAIN}", sink.count
         else:
             rcpt, delivered = f"{user}@localhost", lambda: count_new(maildir)
-        print(f"mode {args.mode}, daemon pid {d.proc.pid}, port {d.port}, rcpt {rcpt}, "
-              f"queue {args.queue or ['plain']}, {os.cpu_count()} cpus, "
-              f"load {os.getloadavg()[0]:.1f}")
+        print(f"mode {args.mode}, queue backend {backend}, daemon pid {d.proc.pid}, "
+              f"port {d.port}, rcpt {rcpt}, queue options {args.queue or ['none']}, "
+              f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}")
         print(HEADER)
         for size in (int(x) for x in args.sizes.split(",")):
             for conc in (int(x) for x in args.conc.split(",")):
@@ -303,11 +321,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(cell.row(), flush=True)
         if sink is not None:
             print(f"sink: {sink.count()} messages over {sink.connections} connections")
-    finally:
-        d.kill()
-        if sink is not None:
-            sink.close()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--mode", choices=("local", "relay"), default="local",
+                    help="deliver to a Maildir, or relay to a loopback SMTP sink")
+    ap.add_argument("--queue", action="append", default=[], metavar="OPTION",
+                    help="a `queue OPTION` directive for the daemon (repeatable)")
+    ap.add_argument("--backends", default="fs",
+                    help="queue backends, one daemon each in turn: fs, postgres (issue 14)")
+    ap.add_argument("--sizes", default="4096,102400", help="message sizes in bytes")
+    ap.add_argument("--conc", default="1,10,50", help="concurrent SMTP clients")
+    ap.add_argument("--budget", type=float, default=15.0, help="seconds of sending per cell")
+    ap.add_argument("--max-msgs", type=int, default=400, help="messages per cell at most")
+    args = ap.parse_args(argv)
+    user = pwd.getpwuid(os.getuid()).pw_name
+    for backend in args.backends.split(","):
+        if backend not in ("fs", "postgres"):
+            ap.error(f"unknown queue backend {backend!r}")
+        run_backend(args, backend, user)
     return 0
 
 
