@@ -79,11 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--max-msgs", type=int, default=300)
     ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--on-first", action="store_true", help="start the observed daemon first")
     ap.add_argument("--aa", action="store_true",
                     help="control run: both daemons plain, to see the bench's own bias")
     args = ap.parse_args(argv)
     user = pwd.getpwuid(os.getuid()).pw_name
-    daemons = {False: start(False), True: start(not args.aa)}
+    if args.on_first:  # start order is a bias of its own (see --aa)
+        first = start(not args.aa)
+        daemons = {False: start(False), True: first}
+    else:
+        daemons = {False: start(False), True: start(not args.aa)}
     rates: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     # the mail path's CPU (every process but control) and control's, per message
