@@ -34,7 +34,8 @@ SPOOLDIR ?= /var/spool/smtpd
 RUNDIR ?= /var/run
 UNITDIR ?= /etc/systemd/system
 INSTALL_ENV = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' SYSCONFDIR='$(SYSCONFDIR)' \
-	SPOOLDIR='$(SPOOLDIR)' RUNDIR='$(RUNDIR)' UNITDIR='$(UNITDIR)' PIP_OPTS='$(PIP_OPTS)'
+	SPOOLDIR='$(SPOOLDIR)' RUNDIR='$(RUNDIR)' UNITDIR='$(UNITDIR)' PIP_OPTS='$(PIP_OPTS)' \
+	CREATE_USERS='$(or $(CREATE_USERS),yes)'
 
 install:
 	@py='$(PYTHON)'; [ -n "$$py" ] || py=$$($(FIND_PYTHON)) || exit 1; \

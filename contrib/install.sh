@@ -11,6 +11,7 @@
 #   UNITDIR     /etc/systemd/system: pysmtpd.service
 #   PYTHON      a Python >= 3.12 (the Makefile finds one)
 #   PIP_OPTS    extra pip options (--no-index --find-links DIR offline)
+#   CREATE_USERS  yes: as root, add _smtpd and _smtpq when missing
 #
 # The commands are small sh wrappers running `python -I` from the venv, not
 # the venv's console scripts: -I keeps the current directory and PYTHON*
@@ -22,7 +23,7 @@ umask 022
 
 : "${DESTDIR:=}" "${PREFIX:=/usr/local}" "${SYSCONFDIR:=/etc}"
 : "${SPOOLDIR:=/var/spool/smtpd}" "${RUNDIR:=/var/run}" "${UNITDIR:=/etc/systemd/system}"
-: "${PIP_OPTS:=}"
+: "${PIP_OPTS:=}" "${CREATE_USERS:=yes}"
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 LIBDIR=$PREFIX/lib/pysmtpd
 MARK="# pysmtpd wrapper (contrib/install.sh)"
@@ -123,7 +124,7 @@ files() {
     if is_root; then
         chown root:root "$DESTDIR$SPOOLDIR"
         for u in _smtpd _smtpq; do
-            id "$u" >/dev/null 2>&1 || useradd --system --no-create-home \
+            id "$u" >/dev/null 2>&1 || [ "$CREATE_USERS" != yes ] || useradd --system --no-create-home \
                 --home-dir /var/empty --shell /usr/sbin/nologin "$u"
         done
     else
