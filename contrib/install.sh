@@ -117,19 +117,25 @@ files() {
             > "$DESTDIR$SYSCONFDIR/aliases"
         chmod 644 "$DESTDIR$SYSCONFDIR/aliases"
     fi
-    # smtpd completes the tree (queue/, offline/ ...) with its own modes at
-    # start; the root must exist and be 0711, as upstream.
-    mkdir -p "$DESTDIR$SPOOLDIR"
+    # smtpd completes the tree (queue/, incoming/ ...) with its own modes at
+    # start.  The root is 0711, as upstream; offline/ is made now so that
+    # sendmail works before the first start (smtpd/parent.py prepare_spool):
+    # anyone may drop a file, nobody may list, sticky.
+    mkdir -p "$DESTDIR$SPOOLDIR/offline"
     chmod 711 "$DESTDIR$SPOOLDIR"
+    chmod 1733 "$DESTDIR$SPOOLDIR/offline"
     if is_root; then
-        chown root:root "$DESTDIR$SPOOLDIR"
         for u in _smtpd _smtpq; do
-            id "$u" >/dev/null 2>&1 || [ "$CREATE_USERS" != yes ] || useradd --system --no-create-home \
-                --home-dir /var/empty --shell /usr/sbin/nologin "$u"
+            id "$u" >/dev/null 2>&1 || [ "$CREATE_USERS" != yes ] || useradd --system \
+                --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin "$u"
         done
+        chown root:root "$DESTDIR$SPOOLDIR"
+        if id _smtpq >/dev/null 2>&1; then
+            chown "root:$(id -gn _smtpq)" "$DESTDIR$SPOOLDIR/offline"
+        fi
     else
         say "not root (or DESTDIR set): create the _smtpd and _smtpq users and" \
-            "chown root $SPOOLDIR when installing for real"
+            "chown root $SPOOLDIR, root:_smtpq $SPOOLDIR/offline when installing for real"
     fi
 }
 

@@ -177,7 +177,15 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
     assert links.returncode == 0, links.stderr
     sendmail = layout.top / "root" / "usr" / "sbin" / "sendmail"
     assert os.readlink(sendmail) == str(layout.sbin("sendmail"))
-    assert (layout.top / "var/spool/smtpd").stat().st_mode & 0o777 == 0o711
+    spool = layout.top / "var/spool/smtpd"
+    assert spool.stat().st_mode & 0o7777 == 0o711
+    offline = (spool / "offline").stat()
+    assert (offline.st_mode & 0o7777, offline.st_gid) == (0o1733, pwd.getpwnam("_smtpq").pw_gid)
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # the unit as installed: syntax, and its programs exist
+        verify = subprocess.run([analyze, "verify", str(layout.unit)], capture_output=True,
+                                text=True, timeout=60)
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
 
     # The shipped config, with deliveries moved from ~/Maildir into the temp dir.
     conf = layout.conf.read_text()
@@ -186,6 +194,13 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
         'action "local" maildir alias', f'action "local" maildir "{layout.top}/mail/%{{user.username}}" alias'))
     check = subprocess.run([str(layout.sbin("smtpd")), "-n"], capture_output=True, text=True)
     assert (check.returncode, check.stderr.strip()) == (0, "configuration OK"), check.stderr
+
+    # Before the first start: sendmail leaves the mail in offline/ (EX_TEMPFAIL,
+    # as upstream) and the daemon enqueues it when it starts.
+    early = subprocess.run([str(sendmail), "root"], input=b"Subject: before start\n\nearly\n",
+                           capture_output=True, timeout=30)
+    assert early.returncode == os.EX_TEMPFAIL, early.stderr
+    assert len(list((spool / "offline").iterdir())) == 1
 
     unit = unit_values(layout.unit)
     assert unit["Type"] == ["simple"]
@@ -212,8 +227,10 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
         assert sent.returncode == 0, sent.stderr
         # SMTP on port 25 of the namespace's loopback
         assert ns.submit(smtp_send, "root@localhost", "by smtp").result(20) == 0
-        wait_until("both mails", lambda: all(mail_with_subject(layout.maildir, s)
-                                             for s in ("by sendmail", "by smtp")), timeout=20)
+        wait_until("all three mails", lambda: all(
+            mail_with_subject(layout.maildir, s)
+            for s in ("before start", "by sendmail", "by smtp")), timeout=20)
+        assert not list((spool / "offline").iterdir())
         # before the reload this address is accepted
         assert ns.submit(rcpt_reply, "nobody@localhost").result(20) == 250
 
