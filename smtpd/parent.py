@@ -215,6 +215,7 @@ class Parent(Node):
         # upstream's mda.* keys: deliveries running now and waiting for a slot
         self.stats.set("mda.running", self.runner.running)
         self.stats.set("mda.pending", self.runner.waiting)
+        self.stats.set("mda.user", self.runner.users)
 
     def _on_delivery_result(self, evpid: int, status: str, text: str, detail: str) -> None:
         if not self.stopping.is_set():

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from smtpd.config import model
-from smtpd.config.builder import KNOWN_BACKENDS, Builder, parse_size
+from smtpd.config.builder import KNOWN_BACKENDS, SUPPORTED_BACKENDS, Builder, parse_size
 from smtpd.config.cursor import Cursor, StatementError, did_you_mean
 from smtpd.filter import builtin as builtin_filter
 
@@ -41,7 +41,7 @@ def parse_table(cur: Cursor, b: Builder) -> None:
         raise StatementError(spec_tok.where, f'table "{name}": {backend} needs a path')
     if backend == "getpwnam" and config:
         raise StatementError(spec_tok.where, f'table "{name}": getpwnam takes no argument')
-    if backend not in ("file", "static", "sqlite", "getpwnam"):
+    if backend not in SUPPORTED_BACKENDS:
         b.unsupported(spec_tok.where, f'table backend "{backend}"')
     if backend == "static":
         backend = "file"

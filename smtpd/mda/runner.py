@@ -126,6 +126,12 @@ class DeliveryRunner:
     def waiting(self) -> int:
         return len(self._pending)
 
+    @property
+    def users(self) -> int:
+        """Distinct users with a delivery running or waiting (upstream's mda.user)."""
+        return len({j.request.user for j in self._jobs.values()}
+                   | {p.request.user for p in self._pending})
+
     def pids(self) -> list[int]:
         return list(self._jobs)
 

@@ -141,6 +141,9 @@ class QueueProcess(Child):
     # -- start-up: recover, then feed the scheduler incrementally ------------------
 
     def on_live(self) -> None:
+        # bounces are enqueued directly, not through an SMTP session: 0, as idle
+        for key in ("bounce.session", "bounce.message", "bounce.envelope", "queue.bounce"):
+            self.stats.set(key, 0)
         self.loader = self.front.walk()
         self.loaded = 0
         self.loop.call_soon(self._load_step)
@@ -448,6 +451,8 @@ class QueueProcess(Child):
         reqid = self.next_reqid
         self.next_reqid += 1
         self.bounce_pending[reqid] = (msgid, env, kind, delete)
+        self.stats.increment("bounce.message")   # upstream's gauges: bounces being made
+        self.stats.increment("bounce.envelope")
         template = Envelope(evpid=0, type=DeliveryType.MDA, dispatcher="-", sender="",
                             rcpt=env.sender, dest=env.sender, ctime=int(time.time()),
                             ttl=self.config.queue.ttl, orig_rcpt=env.sender,
@@ -463,6 +468,8 @@ class QueueProcess(Child):
         if pending is None:
             return
         msgid, env, kind, delete = pending
+        self.stats.decrement("bounce.message")
+        self.stats.decrement("bounce.envelope")
         if not res.ok:
             self.log.warning("queue: bounce for %016x to <%s> undeliverable (%s): dropped",
                              env.evpid, env.sender, res.reply)

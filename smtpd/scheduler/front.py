@@ -31,6 +31,7 @@ DEFAULT_MAX_SCHEDULE: Final = 100
 _COUNTERS: Final = (
     "scheduler.envelope",
     "scheduler.envelope.incoming",
+    "scheduler.envelope.total",  # ever submitted: `smtpctl monitor`'s enq column
     "scheduler.envelope.inflight",
     "scheduler.envelope.expired",
     "scheduler.envelope.removed",
@@ -67,6 +68,7 @@ class Scheduler:
         """QUEUE_ENVELOPE_SUBMIT: an envelope of a message being received."""
         nexttry = self.backend.insert(info)
         self._c["scheduler.envelope.incoming"] += 1
+        self._c["scheduler.envelope.total"] += 1
         return nexttry
 
     def commit(self, msgid: int, now: int) -> int:

@@ -158,7 +158,9 @@ class SmtpProcess(Child):
 
     def on_live(self) -> None:
         self.mta.start([s.getsockname()[:2] for s, _ in self.listen_socks])
-        self.stats.set("smtp.session", 0)
+        for key in ("smtp.session", "smtp.tls", "smtp.smtps", "mta.task", "mta.task.running",
+                    "mta.envelope"):
+            self.stats.set(key, 0)
         # Backpressure: while queue or lookup does not keep up with our
         # requests, take no new clients (open sessions just wait for answers),
         # so a stalled peer cannot make either side's buffers grow unbounded.
@@ -268,7 +270,9 @@ class SmtpProcess(Child):
     async def _session(self, conn: socket.socket, runtime: ListenerRuntime,
                        local_user: str | None = None) -> None:
         self.stats.increment("smtp.session")
+        self.stats.increment("smtp.session.total")  # `smtpctl monitor`'s conn column
         family = {socket.AF_INET6: "inet6", socket.AF_UNIX: "local"}.get(conn.family, "inet4")
+        smtps = False
         self.stats.increment(f"smtp.session.{family}")
         done: asyncio.Future[None] = self.loop.create_future()
 
@@ -291,26 +295,35 @@ class SmtpProcess(Child):
                 ssl_handshake_timeout=min(30, self.config.smtp.command_timeout)
                 if ctx else None)
             if ctx is not None:
+                smtps = True
                 self.stats.increment("smtp.smtps")
             await done
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             self.log.info("smtp: session setup failed: %s", type(exc).__name__)
             conn.close()
         finally:
+            # upstream's gauges: sessions (and TLS ones) open now
             self.stats.decrement("smtp.session")
             self.stats.decrement(f"smtp.session.{family}")
+            if smtps:
+                self.stats.decrement("smtp.smtps")
 
     def _on_transfer(self, req: MtaTransfer, frame: Frame) -> None:
         assert frame.fd is not None
+        # upstream's gauges: relay tasks and the envelopes in them right now
+        n = len(req.envelopes)
+        self.stats.increment("mta.task")
         self.stats.increment("mta.task.running")
+        self.stats.increment("mta.envelope", n)
 
         async def run(fd: int) -> None:
             try:
                 results = await self.mta.transfer(req.dispatcher, req.domain, req.envelopes, fd)
             finally:
+                self.stats.decrement("mta.task")
                 self.stats.decrement("mta.task.running")
+                self.stats.decrement("mta.envelope", n)
             self.send(Proc.QUEUE, Msg.SMTP_MTA_RESULT, MtaResult(req.reqid, results))
-            self.stats.increment("mta.envelope", len(results))
 
         task = self.loop.create_task(run(frame.fd))
         self.sessions.add(task)

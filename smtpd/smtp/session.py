@@ -147,6 +147,9 @@ class Session:
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             self.reason = f"io-error {type(exc).__name__}"
         finally:
+            if self.proto.tls_active and self.writer.get_extra_info("ssl_object") is not None \
+                    and self.listener.smtps is False:
+                self.smtp.stats.decrement("smtp.tls")  # a gauge, as upstream
             self._rollback()
             self.filtering.disconnected()
             self.log.info("%s smtp disconnected reason=%s", self.sid, self.reason)
