@@ -40,6 +40,20 @@ usr/lib/sendmail:sbin/sendmail
 usr/bin/mailq:bin/mailq
 usr/bin/newaliases:sbin/newaliases"
 
+IMPORT_ALL='
+import importlib, pkgutil, sys
+bad = []
+for top in ("imsg", "smtpd", "smtpctl"):
+    for m in pkgutil.walk_packages(importlib.import_module(top).__path__, top + "."):
+        if not m.name.endswith(".__main__"):
+            try:
+                importlib.import_module(m.name)
+            except ImportError as exc:
+                bad.append(f"install: {m.name}: {exc}")
+for line in bad:
+    print(line, file=sys.stderr)
+sys.exit(1 if bad else 0)'
+
 say() { printf '%s\n' "$*"; }
 is_root() { [ "$(id -u)" = 0 ] && [ -z "$DESTDIR" ]; }
 
@@ -55,6 +69,10 @@ venv() {
     "$PYTHON" -m venv "$new"
     # shellcheck disable=SC2086
     "$new/bin/python" -m pip install -q --disable-pip-version-check $PIP_OPTS "$SRC"
+    # Every module must import before the swap: a dependency pyproject.toml
+    # forgot would otherwise surface as a daemon that cannot start.
+    "$new/bin/python" -I -c "$IMPORT_ALL" ||
+        { rm -rf "$new"; say "install: the new venv is incomplete; nothing changed" >&2; exit 1; }
     if [ -e "$DESTDIR$LIBDIR" ]; then
         rm -rf "$DESTDIR$LIBDIR.old"
         mv "$DESTDIR$LIBDIR" "$DESTDIR$LIBDIR.old"
