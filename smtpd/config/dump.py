@@ -179,6 +179,7 @@ def dump(config: model.Config, redact: bool = False) -> str:
     if qo.encryption:
         lines.append("queue encryption" + (f" {secret(qo.encryption_key)}"
                                            if qo.encryption_key else ""))
+    lines += [f"queue old-key {secret(k)}" for k in qo.old_keys]
     lines.append(f"queue ttl {delay(qo.ttl)}")
     if qo.backend != "fs":  # the conninfo may hold a password: redacted like keys
         lines.append(f"queue backend {qo.backend}" + (f" {secret(qo.backend_conninfo)}"

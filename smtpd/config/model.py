@@ -317,6 +317,9 @@ class QueueOptions:
     encryption: bool = False
     # None with encryption: ask with getpass; "stdin": read from stdin
     encryption_key: str | None = None
+    # `queue old-key "KEY"` (repeatable): keys still accepted for reading while
+    # the spool is re-encrypted (key rotation; `python -m smtpd.queue.rekey`)
+    old_keys: tuple[str, ...] = ()
     ttl: int = DEFAULT_QUEUE_TTL
     # issue 14: `queue backend postgres "conninfo"` shares the queue among
     # nodes; `queue node "NAME"` (default: the hostname), `queue lease 30s`

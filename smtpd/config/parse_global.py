@@ -103,7 +103,7 @@ def parse_ca(cur: Cursor, b: Builder) -> None:
 
 def parse_queue(cur: Cursor, b: Builder) -> None:
     opts = ("compression", "compress", "encryption", "encrypt", "ttl", "path", "backend",
-            "node", "lease")
+            "node", "lease", "old-key")
     opt = cur.expect(*opts)
     q = b.queue
     if opt in ("compression", "compress"):
@@ -115,6 +115,9 @@ def parse_queue(cur: Cursor, b: Builder) -> None:
             if key.lower() in ("stdin", "-"):
                 key = "stdin"
         q = dataclasses.replace(q, encryption=True, encryption_key=key)
+    elif opt == "old-key":
+        # key rotation: the previous key stays readable until `rekey` ran
+        q = dataclasses.replace(q, old_keys=(*q.old_keys, cur.value("old encryption key")))
     elif opt == "ttl":
         q = dataclasses.replace(q, ttl=b.delay_arg(cur, "ttl delay"))
     elif opt == "backend":

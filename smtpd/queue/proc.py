@@ -110,8 +110,8 @@ class QueueProcess(Child):
         key = (self.key_from_parent or qopts.encryption_key) if qopts.encryption else None
         # issue 14: `queue backend postgres` shares the queue under a node lease
         backend, self.lease = open_backend(qopts, self.config.hostname, spool)
-        self.front = QueueFront(backend, spool=spool,
-                                compression=qopts.compression, encryption_key=key)
+        self.front = QueueFront(backend, spool=spool, compression=qopts.compression,
+                                encryption_key=key, old_keys=qopts.old_keys)
         self.spool = spool
         self.hostname = self.config.hostname
         self.inflight: dict[int, float] = {}   # evpid -> delivery start (monotonic)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import smtplib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,31 @@ def test_tampered_file_is_set_aside(workdir: Path, target: str) -> None:
         d.wait_for(r"moved to corrupt", 20)                # the tampered one
         assert any((d.spool / "corrupt").rglob("*"))
         assert d.proc is not None and d.proc.poll() is None
+        assert "Traceback" not in d.log_text()
+    finally:
+        d.kill_group()
+
+
+def test_key_rotation_with_old_key(workdir: Path) -> None:
+    """`queue old-key`: mail queued under the old key is still delivered after
+    the key changes, and new mail is written with the new one."""
+    d = Daemon(workdir, config(workdir, f'queue encryption "{KEY}"'), args=("-P", "mda"))
+    d.start()
+    send(d)
+    d.stop()
+    new_key = "a brand new key for this spool 42"
+    d.conf.write_text(d.conf.read_text().replace(
+        f'queue encryption "{KEY}"', f'queue encryption "{new_key}"\nqueue old-key "{KEY}"'))
+    d.start()
+    try:
+        send(d)
+        assert d.smtpctl("resume", "mda").returncode == 0
+        d.wait_for(r"mda delivery .*result=Ok", 20)
+        end = time.monotonic() + 20
+        while len(delivered(d)) < 2 and time.monotonic() < end:
+            time.sleep(0.1)
+        assert len(delivered(d)) == 2
+        assert all(SECRET in f.read_bytes() for f in delivered(d))
         assert "Traceback" not in d.log_text()
     finally:
         d.kill_group()
