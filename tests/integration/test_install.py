@@ -6,7 +6,8 @@ bounding set and no_new_privs) inside a network namespace of its own, where
 it owns port 25.  Mail goes in through the installed sendmail (via the
 /usr/sbin/sendmail-style link) and over SMTP to port 25, and comes out of a
 Maildir; `smtpctl show status` answers; SIGHUP applies a new rule; SIGTERM
-stops everything.  Nothing outside the temp dir is written: the users must
+stops everything; a second `make install` upgrades in place and
+`make uninstall` removes what was installed.  Nothing outside the temp dir is written: the users must
 exist already (`make users`), the install is told not to add them."""
 
 from __future__ import annotations
@@ -256,6 +257,16 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
             proc.wait(timeout=10)
             print(with_log)
         log.close()
+
+    # Upgrade (docs/install.md section 10): a new venv swapped in, the admin's
+    # smtpd.conf kept, the commands still work.
+    edited = layout.conf.read_text()
+    again = make("install", layout)
+    assert again.returncode == 0, again.stderr
+    assert f"kept {layout.conf}" in again.stdout and layout.conf.read_text() == edited
+    assert not (layout.top / "usr/lib/pysmtpd.old").exists()
+    check = subprocess.run([str(layout.sbin("smtpd")), "-n"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
 
     for extra in ([], [f"DESTDIR={layout.top}/root"]):  # the install, then the links
         out = make("uninstall", layout, *extra)
