@@ -67,8 +67,15 @@ venv() {
     # Build beside the running one and swap: a failed pip leaves the old
     # installation untouched, and the swap is two renames.
     "$PYTHON" -m venv "$new"
+    # Built from a copy of the sources: nothing is written into the checkout
+    # (root installing from a user's clone), and no stale build/ directory
+    # can bring back a module that was deleted.
+    copy=$(mktemp -d)
+    trap 'rm -rf "$copy"' EXIT
+    cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/imsg" "$SRC/smtpd" "$SRC/smtpctl" "$copy"
+    find "$copy" -name __pycache__ -prune -exec rm -rf {} +
     # shellcheck disable=SC2086
-    "$new/bin/python" -m pip install -q --disable-pip-version-check $PIP_OPTS "$SRC"
+    "$new/bin/python" -m pip install -q --disable-pip-version-check $PIP_OPTS "$copy"
     # Every module must import before the swap: a dependency pyproject.toml
     # forgot would otherwise surface as a daemon that cannot start.
     "$new/bin/python" -I -c "$IMPORT_ALL" ||
