@@ -219,6 +219,11 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
         smtpctl = [str(layout.sbin("smtpctl")), "show", "status"]
         status = wait_until("smtpctl show status", lambda: _ok(smtpctl), timeout=30, step=0.2)
         assert status.stdout.splitlines() == ["MDA running", "MTA running", "SMTP running"]
+        # the privilege drop works with the installed users and the unit's capabilities
+        owners = _titles_and_uids(proc.pid)
+        assert owners["smtpd: parent"] == 0
+        assert owners["smtpd: queue"] == pwd.getpwnam("_smtpq").pw_uid
+        assert owners["smtpd: smtp"] == pwd.getpwnam("_smtpd").pw_uid
         assert proc.poll() is None
 
         # sendmail(8) as other software calls it, from inside the namespace
@@ -286,6 +291,25 @@ def _with_reject(conf: str) -> str:
     head, sep, tail = conf.partition("match from local for local")
     assert sep, conf
     return head + rule + sep + tail
+
+
+def _titles_and_uids(pgid: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
+            # status, not the directory's owner: that turns root when a
+            # process that changed uid is not dumpable
+            uid = next(line.split()[2] for line in (entry / "status").read_text().splitlines()
+                       if line.startswith("Uid:"))  # real, effective, saved, fs
+            found[title] = int(uid)
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
