@@ -130,7 +130,10 @@ class Parent(Node):
                 os.close(wfd)
                 env[QUEUE_KEY_FD_ENV] = str(rfd)
                 extra.append(rfd)
-            argv = [sys.executable, "-m", "smtpd", "-x", str(proc), *self.options.child_argv()]
+            # -I: the children never take modules from the current directory or
+            # PYTHONPATH (a root smtpd started from an untrusted directory)
+            argv = [sys.executable, "-I", "-m", "smtpd", "-x", str(proc),
+                    *self.options.child_argv()]
             popen = subprocess.Popen(argv, pass_fds=[*fds.values(), *extra], env=env,
                                      stdin=subprocess.DEVNULL)
             for fd in extra:
