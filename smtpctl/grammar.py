@@ -21,6 +21,7 @@ class Arg(enum.Enum):
     ID = "<msgid|evpid|all>"
     EVPID = "<evpid>"
     MSGID_OR_EVPID = "<msgid|evpid>"
+    MSGID = "<msgid>"
     TABLE = "<table>"
     PAUSABLE = "mda|mta|smtp"
     STRING = "<string>"
@@ -30,6 +31,7 @@ class Arg(enum.Enum):
 
 _ID_RE = re.compile(r"^(all|[0-9a-fA-F]{1,8}|[0-9a-fA-F]{9,16})$")
 _EVPID_RE = re.compile(r"^[0-9a-fA-F]{9,16}$")
+_MSGID_RE = re.compile(r"^[0-9a-fA-F]{1,8}$")
 _MSGID_OR_EVPID_RE = re.compile(r"^([0-9a-fA-F]{1,8}|[0-9a-fA-F]{9,16})$")
 _TABLE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -44,6 +46,8 @@ def _matches(arg: Arg, word: str) -> bool:
             return bool(_ID_RE.match(word))
         case Arg.EVPID:
             return bool(_EVPID_RE.match(word))
+        case Arg.MSGID:
+            return bool(_MSGID_RE.match(word))
         case Arg.MSGID_OR_EVPID:
             return bool(_MSGID_OR_EVPID_RE.match(word))
         case Arg.TABLE:
@@ -83,6 +87,7 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("encrypt",), "encrypt", False, client_side=True),
     CommandSpec(("encrypt", Arg.STRING), "encrypt", False, client_side=True),
     CommandSpec(("enqueue",), "enqueue", False, hidden=True),
+    CommandSpec(("discover", Arg.MSGID_OR_EVPID), "discover", True),
     CommandSpec(("log", "brief"), "log_brief", True),
     CommandSpec(("log", "verbose"), "log_verbose", True),
     CommandSpec(("monitor",), "monitor", False),
@@ -112,6 +117,7 @@ GRAMMAR: tuple[CommandSpec, ...] = (
     CommandSpec(("show", "status"), "show_status", False),
     CommandSpec(("stop",), "stop", True),
     CommandSpec(("trace", Arg.TRACE), "trace", True),
+    CommandSpec(("uncorrupt", Arg.MSGID), "uncorrupt", True),
     CommandSpec(("unprofile", Arg.PROFILE), "unprofile", True),
     CommandSpec(("update", "table", Arg.TABLE), "update_table", True),
     CommandSpec(("untrace", Arg.TRACE), "untrace", True),

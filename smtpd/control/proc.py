@@ -439,6 +439,12 @@ class ControlProcess(Child):
     def cmd_show_hosts(self, client: ClientSession) -> None:
         self._relay(client, Proc.SMTP, "hosts")
 
+    def cmd_discover(self, client: ClientSession, ident: str) -> None:
+        self._relay(client, Proc.QUEUE, "discover", ident)
+
+    def cmd_uncorrupt(self, client: ClientSession, msgid: str) -> None:
+        self._relay(client, Proc.QUEUE, "uncorrupt", msgid)
+
     def cmd_reload(self, client: ClientSession) -> None:
         self._relay(client, Proc.PARENT, "reload")
 

@@ -434,6 +434,43 @@ class QueueFront:
         self.backend.delete(Kind.MESSAGE, msgid)
         self._cache.evict_message(msgid)
 
+    def uncorrupt(self, msgid: int) -> list[Envelope]:
+        """`smtpctl uncorrupt`: put a message moved aside back into the queue
+        (after an administrator repaired it).  Every file is checked first; on
+        an error nothing moves.  Returns the envelopes, to be scheduled."""
+        first = check_msgid(msgid) << 32
+        evpids = list(self.backend.list(Kind.CORRUPT_ENVELOPE, after=first,
+                                        below=first + (1 << 32)))
+        if not evpids:
+            raise NotFound(Kind.CORRUPT_MESSAGE, msgid)
+        with self._get(Kind.CORRUPT_MESSAGE, msgid) as raw:
+            for _chunk in self._decode(Kind.MESSAGE, msgid, iter_source(raw)):
+                pass  # decodes (and authenticates) the whole message, or raises
+        envs = []
+        for evpid in evpids:
+            with self._get(Kind.CORRUPT_ENVELOPE, evpid) as raw:
+                plain = b"".join(self._decode(Kind.ENVELOPE, evpid, iter_source(raw)))
+            try:
+                envs.append(load_envelope(plain, evpid=evpid))
+            except EnvelopeError as exc:
+                raise QueueCorrupt(Kind.ENVELOPE, evpid, str(exc)) from None
+        items: list[tuple[Kind, int, BlobSource]] = []
+        for evpid in evpids:
+            items.append((Kind.ENVELOPE, evpid, self._get(Kind.CORRUPT_ENVELOPE, evpid)))
+        items.append((Kind.MESSAGE, msgid, self._get(Kind.CORRUPT_MESSAGE, msgid)))
+        try:
+            self.backend.put_many(items)
+        finally:
+            for _kind, _oid, src in items:
+                if hasattr(src, "close"):
+                    src.close()
+        for evpid in evpids:
+            self.backend.delete(Kind.CORRUPT_ENVELOPE, evpid)
+        self.backend.delete(Kind.CORRUPT_MESSAGE, msgid)
+        self.backend.delete(Kind.CORRUPT_REASON, msgid)
+        log.info("queue: message %08x taken back from corrupt", msgid)
+        return envs
+
     def corrupted(self) -> Iterator[tuple[int, str]]:
         """(msgid, reason) of every message moved aside, for smtpctl and logs."""
         for msgid in self.backend.list(Kind.CORRUPT_REASON):

@@ -546,6 +546,27 @@ class QueueProcess(Child):
                     return ["smtpctl: no such envelope"], 1
                 # COMPAT.md: `show envelope` prints 6.8's key: value format
                 return render_upstream(env).splitlines(), 0
+            case "discover":
+                # smtpctl discover: (re)load a message's envelopes into the scheduler
+                # (e.g. copied in by hand); the scheduler ignores those it knows
+                oid = int(req.args[0], 16)
+                msgid = oid >> 32 if oid > 0xFFFFFFFF else oid
+                evpids = [oid] if oid > 0xFFFFFFFF else self.front.message_envelopes(msgid)
+                envs = [e for e in (self._load(x) for x in evpids) if e is not None]
+                if envs:
+                    self._send_schedule({msgid: [scheduler_info(e) for e in envs]})
+                n = len(envs)
+                return [f"{n} envelope{'s' if n > 1 else ''} discovered"], 0
+            case "uncorrupt":
+                msgid = int(req.args[0], 16)
+                try:
+                    envs = self.front.uncorrupt(msgid)
+                except NotFound:
+                    return ["smtpctl: no such corrupt message"], 1
+                except QueueCorrupt as exc:
+                    return [f"smtpctl: still corrupt: {exc}"], 1
+                self._send_schedule({msgid: [scheduler_info(e) for e in envs]})
+                return ["command succeeded"], 0
             case "message":
                 oid = int(req.args[0], 16)
                 msgid = oid >> 32 if oid > 0xFFFFFFFF else oid

@@ -87,3 +87,36 @@ def test_empty_message_dir_removed_at_start(workdir: Path) -> None:
         assert not leftover.exists()
     finally:
         d.kill_group()
+
+
+def test_uncorrupt_and_discover(workdir: Path) -> None:
+    """An administrator repairs a message moved aside and puts it back with
+    `smtpctl uncorrupt`; `smtpctl discover` loads envelopes copied in by hand."""
+    conf = basic_config(workdir)
+    d = start(Daemon(workdir, conf, args=("-P", "mda")))
+    msgid = send(d.port, ROOT, [ROOT], "Subject: repaired\n\nbody\n")
+    d.stop(signal.SIGTERM)
+    victim = _evpid_file(d.spool, msgid)
+    good = victim.read_bytes()
+    victim.write_bytes(b"\x00garbage\n")
+    d = start(Daemon(workdir, conf, args=("-P", "mda")))
+    try:
+        d.wait_for(r"moved to corrupt")
+        assert show_queue(d) == []
+        still = d.smtpctl("uncorrupt", msgid)
+        assert still.returncode == 1 and "still corrupt" in still.stderr
+        (kept,) = [p for p in (d.spool / "corrupt").rglob(victim.name)]
+        kept.write_bytes(good)                       # the administrator's repair
+        out = d.smtpctl("uncorrupt", msgid)
+        assert (out.returncode, out.stdout.strip()) == (0, "command succeeded")
+        assert [q.msgid for q in show_queue(d)] == [msgid]
+        assert d.smtpctl("uncorrupt", msgid).returncode == 1   # nothing left aside
+        # discover: the scheduler already knows it, the queue reloads it anyway
+        found = d.smtpctl("discover", msgid)
+        assert (found.returncode, found.stdout.strip()) == (0, "1 envelope discovered")
+        assert len(show_queue(d)) == 1
+        assert d.smtpctl("resume", "mda").returncode == 0
+        (mail,) = wait_mails(d.maildir / "root", 1, 15)
+        assert read_mail(mail)["Subject"] == "repaired"
+    finally:
+        d.kill_group()
