@@ -9,9 +9,11 @@ import collections
 import os
 import random
 import re
+import signal
 import smtplib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +71,25 @@ def _delivered(maildir: Path) -> collections.Counter[str]:
 
 
 def test_sigkill_under_load_loses_nothing_delivers_once(workdir: Path) -> None:
+    _crash_rounds(workdir, lambda d, rnd: d.kill_group())  # the whole group, no warning
+
+
+def _kill_one_child(d: Daemon, rnd: int) -> None:
+    """SIGKILL one single process (issue 10 §3): the parent then stops the
+    others in order and exits non-zero; nothing accepted may be lost."""
+    victim = ("queue", "smtp", "scheduler", "lookup", "control")[rnd % 5]
+    os.kill(d.pids()[f"smtpd: {victim}"], signal.SIGKILL)
+    assert d.proc is not None
+    assert d.proc.wait(timeout=10) != 0
+    d.kill_group()
+
+
+def test_sigkill_of_each_single_child_loses_nothing(workdir: Path) -> None:
+    _crash_rounds(workdir, _kill_one_child, rounds=5)
+
+
+def _crash_rounds(workdir: Path, kill: Callable[[Daemon, int], None],
+                  rounds: int = ROUNDS) -> None:
     seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     d = Daemon(workdir, basic_config(workdir))
@@ -79,11 +100,11 @@ def test_sigkill_under_load_loses_nothing_delivers_once(workdir: Path) -> None:
     try:
         for t in threads:
             t.start()
-        for rnd in range(ROUNDS):
+        for rnd in range(rounds):
             if rnd:
                 start(d)
             time.sleep(rng.uniform(0.8, 2.5))
-            d.kill_group()  # SIGKILL to the whole process group, no warning
+            kill(d, rnd)
         load.stop.set()
         for t in threads:
             t.join(10)
