@@ -32,7 +32,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from smtpd.table.service import Service, TableError, TableTempFail
-from smtpd.table.sqlite import COLUMNS, JOINED, QUERY_KEYS
+from smtpd.table.sqlite import QUERY_KEYS, value_from_rows
 
 DEFAULT_TIMEOUT = 2.0  # seconds: connect, statement and pool wait
 DEFAULT_POOL_SIZE = 4
@@ -168,17 +168,7 @@ class PostgresBackend:
         query = self._config.queries.get(service) if self._config else None
         if query is None:
             raise TableError(f"{self.config_path}: no query for {service.name} lookups")
-        rows = self._rows(query, (key,))
-        if not rows:
-            return None
-        if service in JOINED:
-            return ", ".join(str(row[0]) for row in rows if row and row[0] is not None)
-        row = rows[0]
-        want = COLUMNS.get(service, 1)
-        if len(row) < want or any(col is None for col in row[:want]):
-            raise TableTempFail(f"{self.config_path}: {service.name} query must return "
-                                f"{want} columns")
-        return ":".join(str(col) for col in row[:want])
+        return value_from_rows(service, self._rows(query, (key,)), self.config_path)
 
     def check(self, service: Service, key: str) -> bool:
         return self.lookup(service, key) is not None

@@ -42,6 +42,20 @@ COLUMNS = {Service.CREDENTIALS: 2, Service.USERINFO: 3}
 JOINED = (Service.ALIAS, Service.MAILADDRMAP)
 
 
+def value_from_rows(service: Service, rows: list[tuple[object, ...]], where: str) -> str | None:
+    """A lookup's answer from SQL rows, as table-sqlite/table-postgres give it:
+    list services join every row, others take the first row's columns."""
+    if not rows:
+        return None
+    if service in JOINED:
+        return ", ".join(str(row[0]) for row in rows if row and row[0] is not None)
+    row = rows[0]
+    want = COLUMNS.get(service, 1)
+    if len(row) < want or any(col is None for col in row[:want]):
+        raise TableTempFail(f"{where}: {service.name} query must return {want} columns")
+    return ":".join(str(col) for col in row[:want])
+
+
 def parse_sqlite_config(text: str, path: str) -> tuple[str, dict[Service, str], str | None]:
     dbpath: str | None = None
     queries: dict[Service, str] = {}
@@ -137,16 +151,7 @@ class SqliteBackend:
         query = self._queries.get(service)
         if query is None:
             raise TableError(f"{self.config_path}: no query for {service.name} lookups")
-        rows = self._rows(query, (key,))
-        if not rows:
-            return None
-        if service in JOINED:
-            return ", ".join(str(row[0]) for row in rows if row and row[0] is not None)
-        row = rows[0]
-        want = COLUMNS.get(service, 1)
-        if len(row) < want or any(col is None for col in row[:want]):
-            raise TableTempFail(f"{self.dbpath}: {service.name} query must return {want} columns")
-        return ":".join(str(col) for col in row[:want])
+        return value_from_rows(service, self._rows(query, (key,)), self.dbpath)
 
     def check(self, service: Service, key: str) -> bool:
         return self.lookup(service, key) is not None
