@@ -126,6 +126,20 @@ PRELOAD = ("concurrent.futures.thread", "encodings.idna", "encodings.punycode",
            "resource", "email.utils", "email.message", "email.policy", "getpass")
 
 
+def backend_modules(config: Any) -> list[str]:
+    """Optional backends this configuration uses, imported on demand
+    elsewhere: here they are imported while the interpreter is still readable."""
+    modules = []
+    backends = {t.backend for t in config.tables.values()}
+    if "postgres" in backends:
+        modules.append("smtpd.table.postgres")
+    if "redis" in backends:
+        modules.append("smtpd.table.redis")
+    if config.queue.backend == "postgres":
+        modules += ["smtpd.queue.pg", "smtpd.queue.lease"]
+    return modules
+
+
 def run_child(options: Options, config: Any) -> int:
     name = options.proc
     assert name is not None
@@ -152,7 +166,7 @@ def run_child(options: Options, config: Any) -> int:
         sock = socket.socket(fileno=int(fd))
         sock.setblocking(False)
         node.attach(Proc(peer), sock)
-    for module in PRELOAD:
+    for module in (*PRELOAD, *backend_modules(config)):
         importlib.import_module(module)
     try:
         node.build_privileged()

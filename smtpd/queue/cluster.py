@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from smtpd.config.model import QueueOptions
 from smtpd.queue.backend import QueueBackend, make_backend
@@ -23,8 +24,12 @@ from smtpd.queue.blob import Kind
 from smtpd.queue.envelope import Envelope
 from smtpd.queue.errors import NotFound, QueueError
 from smtpd.queue.front import QueueFront
-from smtpd.queue.lease import LeaseKeeper
-from smtpd.queue.pg import NodeNameInUse, PgBackend
+
+if TYPE_CHECKING:
+    # psycopg is imported only by spools that use PostgreSQL: every process
+    # that does not would carry ~16 MB for nothing (and fork slower).
+    from smtpd.queue.lease import LeaseKeeper
+    from smtpd.queue.pg import PgBackend
 
 LEASE_LOST = "451 4.3.0 Queue lease not renewed, delivery deferred"
 NAME_WAIT = 5.0  # seconds a restarting node waits for its old session to end
@@ -43,6 +48,7 @@ def open_backend(qopts: QueueOptions, hostname: str,
     if not qopts.backend_conninfo:
         raise ValueError("queue backend postgres needs a conninfo")
     backend = _claim(qopts.backend_conninfo, node_name(qopts, hostname))
+    from smtpd.queue.lease import LeaseKeeper  # preloaded before the privilege drop
     lease = LeaseKeeper(backend, float(qopts.lease))
     lease.register()
     lease.take_over()  # before recover() and the start-up walk: loaded with ours
@@ -53,6 +59,7 @@ def _claim(conninfo: str, node: str, wait: float = NAME_WAIT) -> PgBackend:
     """The node's backend holding its name lock.  A node restarted right after
     a SIGKILL may find its old session not yet ended on the server: wait a
     little for it before refusing to start."""
+    from smtpd.queue.pg import NodeNameInUse, PgBackend  # preloaded before the drop
     deadline = time.monotonic() + wait
     while True:
         try:

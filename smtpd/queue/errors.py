@@ -54,3 +54,7 @@ class WrongKey(QueueError):
 
 def _fmt(kind: Kind, oid: int) -> str:
     return f"{oid:016x}" if kind in (Kind.ENVELOPE, Kind.CORRUPT_ENVELOPE) else f"{oid:08x}"
+
+
+class LeaseLost(Exception):
+    """Another node took this node's envelopes: its in-memory state is stale."""

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from smtpd.queue.blob import Kind
+from smtpd.queue.errors import LeaseLost
 from smtpd.queue.pg import LOCK_TAKEOVER, OFFSET, SHARED, PgBackend, PgStoreError
 
 log = logging.getLogger("smtpd.queue")
@@ -40,8 +41,6 @@ log = logging.getLogger("smtpd.queue")
 DEFAULT_TTL = 30.0
 
 
-class LeaseLost(Exception):
-    """Another node took this node's envelopes: its in-memory state is stale."""
 
 
 class Renewal(enum.Enum):

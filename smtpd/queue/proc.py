@@ -58,9 +58,8 @@ from smtpd.queue.envelope import (
     load_envelope,
     render_upstream,
 )
-from smtpd.queue.errors import NotFound, QueueCorrupt, QueueError
+from smtpd.queue.errors import LeaseLost, NotFound, QueueCorrupt, QueueError
 from smtpd.queue.front import QueueFront
-from smtpd.queue.lease import LeaseLost
 from smtpd.queue.show import queue_line
 
 TEMPFAIL = "451 4.3.0 Temporary failure"

@@ -23,8 +23,6 @@ from smtpd.table.match import (
     parse_userinfo,
     split_list,
 )
-from smtpd.table.postgres import PostgresBackend
-from smtpd.table.redis import RedisBackend
 from smtpd.table.service import Service, TableError, TableTempFail
 from smtpd.table.sqlite import SqliteBackend
 from smtpd.table.static import StaticBackend
@@ -83,12 +81,16 @@ def _sqlite(t: TableDef, delim: str) -> TableBackend:
 def _postgres(t: TableDef, delim: str) -> TableBackend:
     if t.config is None:
         raise TableError(f"table {t.name}: no postgres configuration file")
+    # imported on use (preloaded before a privilege drop by smtpd.proc): psycopg
+    # costs every process ~16 MB that most configurations never need
+    from smtpd.table.postgres import PostgresBackend
     return PostgresBackend(t.config)
 
 
 def _redis(t: TableDef, delim: str) -> TableBackend:
     if t.config is None:
         raise TableError(f"table {t.name}: no redis configuration file")
+    from smtpd.table.redis import RedisBackend
     return RedisBackend(t.config)
 
 
