@@ -220,7 +220,12 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
         status = wait_until("smtpctl show status", lambda: _ok(smtpctl), timeout=30, step=0.2)
         assert status.stdout.splitlines() == ["MDA running", "MTA running", "SMTP running"]
         # the privilege drop works with the installed users and the unit's capabilities
-        owners = _titles_and_uids(proc.pid)
+        # every child sets its title once started: control may answer first
+        titles = {f"smtpd: {n}" for n in ("parent", "control", "lookup", "scheduler",
+                                           "queue", "smtp")}
+        owners = wait_until("all six processes", lambda: (
+            found if titles <= set(found := _titles_and_uids(proc.pid)) else None),
+            timeout=30, step=0.2)
         assert owners["smtpd: parent"] == 0
         assert owners["smtpd: queue"] == pwd.getpwnam("_smtpq").pw_uid
         assert owners["smtpd: smtp"] == pwd.getpwnam("_smtpd").pw_uid
