@@ -255,3 +255,19 @@ def test_mailq_reads_the_spool_when_the_daemon_is_down(workdir: Path) -> None:
         assert fields[11:] == ["offline", "", ""]
     finally:
         d.kill_group()
+
+
+@pytest.mark.skipif(shutil.which("s-nail") is None,
+                    reason="s-nail (Debian package s-nail) is not installed; .ci/run installs it")
+def test_a_real_mail_user_agent_through_sendmail(shared: Daemon) -> None:
+    """A real MUA (s-nail, a mailx) hands a message to our sendmail the way
+    other software calls /usr/sbin/sendmail."""
+    ours = Path(sys.executable).parent / "sendmail"
+    out = subprocess.run(
+        ["s-nail", "-:/", "-S", f"mta={ours}", "-S", "sendwait", "-s", "from a real mua",
+         "root+mua@localhost"],
+        input=b"written with s-nail\n", capture_output=True, env=env_for(shared), timeout=60)
+    assert out.returncode == 0, out.stderr
+    (m,) = mails_for(shared, "mua")
+    assert m["Subject"] == "from a real mua"
+    assert "written with s-nail" in body(m)
