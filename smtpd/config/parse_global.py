@@ -174,7 +174,7 @@ def parse_smtp(cur: Cursor, b: Builder) -> None:
     s = b.smtp
     if opt == "rate":
         # our extension: smtp rate connections|messages|recipients N per DURATION
-        kind = cur.expect("connections", "messages", "recipients")
+        kind = cur.expect("connections", "messages", "recipients", "relay")
         count = b.number_arg(cur, f"smtp rate {kind}", low=1)
         cur.expect("per")
         window = b.delay_arg(cur, f"smtp rate {kind} window")

@@ -16,6 +16,7 @@ from smtpd.mta.relay import Relayer
 from smtpd.mta.routing import route_for
 from smtpd.mta.tlspolicy import TlsPlanner
 from smtpd.queue.envelope import Envelope, EnvelopeError, load_envelope
+from smtpd.smtp.ratelimit import RateKind
 from smtpd.table.backend import Table, TableError, open_table
 
 if TYPE_CHECKING:
@@ -82,6 +83,14 @@ class MtaSide:
             action = self.config.actions.get(dispatcher)
             if action is None or action.relay is None or self.relayer is None:
                 return _all(envelopes, "tempfail", f"451 4.3.5 No relay action {dispatcher!r}")
+            over = self.smtp.rates.allow(RateKind.RELAY, [f"domain:{domain.lower()}"],
+                                         len(envelopes))
+            if over is not None:
+                # `smtp rate relay`: the domain had its share; retried later
+                self.smtp.log.info("mta: rate-limit kind=relay key=%s retry-after=%ds", over,
+                                   self.smtp.rates.retry_after(RateKind.RELAY, over))
+                return _all(envelopes, "tempfail",
+                            f"451 4.7.1 Rate limit for {domain.lower()} reached, deferred")
             try:
                 route = route_for(action.relay, domain, hostname=self.config.hostname,
                                   tables=self.tables, cas=self.config.cas)

@@ -1,5 +1,6 @@
 """Rate limits per client address and per authenticated user (our extension,
-`smtp rate connections|messages|recipients N per DURATION`).
+`smtp rate connections|messages|recipients N per DURATION`), and per
+destination domain on the relay side (`smtp rate relay N per DURATION`).
 
 Sans-IO with an injected clock.  Each limit counts events in fixed windows
 per key ("ip:192.0.2.7", "user:alice"); a key over its count for the current
@@ -22,6 +23,7 @@ class RateKind(enum.StrEnum):
     CONNECTIONS = "connections"
     MESSAGES = "messages"
     RECIPIENTS = "recipients"
+    RELAY = "relay"  # relayed recipients per destination domain
 
 
 @dataclass(frozen=True)

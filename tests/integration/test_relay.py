@@ -129,3 +129,24 @@ def test_mx_routing_with_stub_dns(workdir: Path, sink: ThreadedSink) -> None:
     finally:
         d.kill_group()
         dns.close()
+
+
+def test_relay_rate_per_destination_domain(workdir: Path, sink: ThreadedSink) -> None:
+    """`smtp rate relay N per D`: at most N recipients of a domain are relayed
+    per window; the rest stay queued with a 4xx and are retried later."""
+    conf = "smtp rate relay 2 per 1h\n" + relay_config(
+        workdir, f"host smtp://127.0.0.1:{sink.port}")
+    d = Daemon(workdir, conf).start()
+    try:
+        for n in range(3):
+            with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
+                s.sendmail("root@localhost", [f"ok{n}@remote.test"],
+                           f"Subject: rate {n}\r\n\r\nx\r\n".encode())
+        d.wait_for(r"mta: rate-limit kind=relay key=domain:remote.test")
+        wait_for(lambda: len(sink.sink.messages) >= 2)
+        time.sleep(0.5)
+        assert len(sink.sink.messages) == 2
+        queued = d.smtpctl("show", "queue").stdout.splitlines()
+        assert len(queued) == 1 and "451 4.7.1 Rate limit for remote.test" in queued[0]
+    finally:
+        d.kill_group()
