@@ -147,26 +147,19 @@ class Sink:
             self.loop.close()
 
 
-class Daemon:
-    """The real daemon in its own session; killed with its group on exit.
-    ``queue``: extra ``queue ...`` directives (e.g. ``compression``);
-    ``relay_port``: also relay mail for RELAY_DOMAIN to 127.0.0.1 there."""
+class SpawnedDaemon:
+    """The real daemon (`smtpd -d -f CONF`) in its own session, started on
+    `text` as its configuration; killed with its whole group.  Other benches
+    (soak.py) build on it."""
 
-    def __init__(self, root: Path, queue: Sequence[str] = (),
-                 relay_port: int | None = None) -> None:
+    def __init__(self, root: Path, text: str) -> None:
         root.chmod(0o711)  # privilege-dropped processes must traverse it
         self.root = root
-        self.mail = root / "mail"
-        self.port = free_port()
         conf = root / "smtpd.conf"
-        text = CONFIG.format(spool=root / "spool", sock=root / "smtpd.sock",
-                             port=self.port, mail=self.mail,
-                             queue="".join(f"queue {q}\n" for q in queue))
-        if relay_port is not None:
-            text += RELAY_CONFIG.format(sink=relay_port, domain=RELAY_DOMAIN)
         conf.write_text(text)
+        env = {**os.environ, "PYSMTPD_RESOLVER": "127.0.0.1:9"}  # loopback only
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpd", "-d", "-f", str(conf)], cwd=root,
+            [sys.executable, "-m", "smtpd", "-d", "-f", str(conf)], cwd=root, env=env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True)
         self.lines: list[str] = []
@@ -187,6 +180,23 @@ class Daemon:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+
+class Daemon(SpawnedDaemon):
+    """The benchmark's daemon.  ``queue``: extra ``queue ...`` directives
+    (e.g. ``compression``); ``relay_port``: also relay mail for RELAY_DOMAIN
+    to 127.0.0.1 there."""
+
+    def __init__(self, root: Path, queue: Sequence[str] = (),
+                 relay_port: int | None = None) -> None:
+        self.mail = root / "mail"
+        self.port = free_port()
+        text = CONFIG.format(spool=root / "spool", sock=root / "smtpd.sock",
+                             port=self.port, mail=self.mail,
+                             queue="".join(f"queue {q}\n" for q in queue))
+        if relay_port is not None:
+            text += RELAY_CONFIG.format(sink=relay_port, domain=RELAY_DOMAIN)
+        super().__init__(root, text)
 
 
 @dataclass(frozen=True)

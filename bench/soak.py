@@ -20,7 +20,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -32,8 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/e2e_bench.py
+from e2e_bench import SpawnedDaemon
+
 MAX_DURATION = 600.0
-READY = "envelopes loaded from the spool"
 LISTEN_RE = re.compile(r"listening on \S+ port (\d+)")
 MSGID_RE = re.compile(rb"^Message-ID: <(soak-[0-9a-f-]+)@soak\.test>", re.M | re.I)
 CONFIG = """queue path "{spool}"
@@ -58,34 +59,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-class Daemon:
+class Daemon(SpawnedDaemon):
     def __init__(self, root: Path) -> None:
-        root.chmod(0o711)  # privilege-dropped processes must traverse it
-        self.root = root
         self.mail = root / "mail"
         self.sock = root / "smtpd.sock"
         self.port = free_port()
-        conf = root / "smtpd.conf"
-        conf.write_text(CONFIG.format(spool=root / "spool", sock=self.sock,
-                                      port=self.port, mail=self.mail))
-        env = {**os.environ, "PYSMTPD_RESOLVER": "127.0.0.1:9"}  # loopback only
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smtpd", "-d", "-f", str(conf)], cwd=root, env=env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True)
-        self.lines: list[str] = []
-        ready = threading.Event()
-        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
-        if not ready.wait(30):
-            self.kill()
-            raise SystemExit("daemon did not start:\n" + "\n".join(self.lines[-30:]))
-
-    def _read(self, ready: threading.Event) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if READY in line:
-                ready.set()
+        super().__init__(root, CONFIG.format(spool=root / "spool", sock=self.sock,
+                                             port=self.port, mail=self.mail))
 
     def smtpctl(self, *words: str) -> tuple[int, str]:
         done = subprocess.run([sys.executable, "-m", "smtpctl", "-s", str(self.sock), *words],
@@ -108,10 +88,6 @@ class Daemon:
             found[int(entry)] = title.decode(errors="replace")
         return found
 
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
 
 
 def rss_kb(pid: int) -> int:
