@@ -206,8 +206,8 @@ class Parent(Node):
         self.offline = offline.enqueue_offline(self.loop, self.config, self.log)
 
     def _on_delivery_start(self, payload: DeliveryStart, frame: Frame) -> None:
-        # Privileged work: fork a child per delivery as the recipient's user
-        # (smtpd/mda/runner.py re-validates the envelope first).
+        # Privileged work: deliver as the recipient's user in a worker forked
+        # for that user (smtpd/mda/runner.py re-validates the envelope first).
         assert frame.fd is not None
         self.runner.start_envelope(payload.envelope, frame.fd, self.config,
                                    self.config.hostname)

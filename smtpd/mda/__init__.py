@@ -1,4 +1,4 @@
-"""Local delivery agents, run in a per-delivery child as the recipient.
+"""Local delivery agents, run in a delivery worker as the recipient.
 
     from smtpd.mda import deliver, DeliveryRequest, DeliveryMethod
     result = deliver(req, open(spool_path, "rb"), expected_name=None)
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-# Imported eagerly, never inside deliver(): the delivery child has dropped
+# Imported eagerly, never inside deliver(): the delivery worker has dropped
 # privileges by then and may not be allowed to read the interpreter's or the
 # venv's files (e.g. under /root) to import a module lazily.
 from smtpd.mda.command import deliver_command

@@ -1,8 +1,8 @@
 """LMTP client (RFC 2033) for `action "x" lmtp "host:port"|"/socket"`.
 
-Runs in the forked delivery child, so it uses a plain blocking socket with
-a deadline.  The protocol pieces are sans-IO and small: `ReplyParser`
-turns bytes into replies (RFC 5321 §4.2 multi-line form), `DotStuffer`
+Runs in the delivery worker, one delivery at a time, so it uses a plain
+blocking socket with a deadline.  The protocol pieces are sans-IO and
+small: `ReplyParser` turns bytes into replies (RFC 5321 §4.2 multi-line form), `DotStuffer`
 turns spool bytes (LF) into DATA bytes (CRLF, RFC 5321 §4.5.2
 dot-stuffing).  After DATA an LMTP server answers once per accepted
 recipient (RFC 2033 §4.2); each answer maps to a result: 2xx OK,

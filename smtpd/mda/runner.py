@@ -1,24 +1,20 @@
-"""The parent's side of local delivery: one forked child per delivery.
+"""The parent's side of local delivery: deliveries run in worker processes,
+one user each (smtpd/mda/worker.py).
 
 The queue hands the parent an envelope and a readable message fd
 (QUEUE_DELIVERY_START).  The parent re-validates the envelope
-(`build_request`: DESIGN.md §4, CVE-2020-7247), then `DeliveryRunner.start`
-forks a child that
+(`plan_delivery`: DESIGN.md §4, CVE-2020-7247), then `DeliveryRunner.start`
+sends the request and the fd to an idle worker of that uid/gid, or forks a
+new one.  A worker delivers one message at a time; it is retired (its socket
+closed, so it exits) after IDLE_SECONDS without work or MAX_DELIVERIES
+deliveries, and at once after a timeout or a failure, so that an unknown
+state never carries over to the next message.
 
-1. resets the signal state the event loop installed, starts its own session
-   (so a timeout kills its whole process group) and closes every inherited
-   fd but stdio, the message and the result pipe;
-2. when the parent is root, drops to the recipient's uid/gid for good
-   (initgroups/setresgid/setresuid, then checks that uid 0 cannot come back);
-3. runs `smtpd.mda.deliver` and writes the `DeliveryResult` to the pipe as
-   msgpack, then `_exit`s.  An exception becomes "451 4.3.0 delivery failed"
-   (the traceback goes to stderr, never to a peer); SIGTERM (the timeout)
-   becomes "451 4.4.7 delivery timed out".
-
-The parent reads the pipe on its event loop and reaps the child by pid
-(`reap()`, for the parent's SIGCHLD handler, plus polling after the pipe's
-EOF), so nothing here competes with other waitpid callers.  A child that
-exits without a result, or that outlives the timeout, is a tempfail.
+The runner reads the answers on its event loop and reaps workers by pid
+(`reap()`, for the parent's SIGCHLD handler, plus polling after the socket's
+EOF), so nothing here competes with other waitpid callers.  A worker that
+exits without answering, or that outlives the timeout, makes its delivery a
+tempfail; the envelope stays queued.
 """
 
 from __future__ import annotations
@@ -27,16 +23,14 @@ import asyncio
 import collections
 import contextlib
 import enum
-import gc
 import os
 import pwd
 import signal
-import traceback
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
-import smtpd.mda
 from imsg import codec
 from smtpd.config.model import ActionKind, Config
 from smtpd.mda.types import (
@@ -47,42 +41,34 @@ from smtpd.mda.types import (
     permfail,
     tempfail,
 )
+from smtpd.mda.worker import FAILED, TIMED_OUT, encode_request, worker_main
 from smtpd.queue.envelope import DeliveryType, EnvelopeError, load_envelope
 from smtpd.smtp.address import AddressError, parse_path
 from smtpd.table.backend import TableError, TableTempFail, open_table
 from smtpd.table.match import UserInfo
 
+__all__ = ["FAILED", "TIMED_OUT", "DeliveryRunner", "build_request", "plan_delivery"]
+
 OnResult = Callable[[int, str, str, str], None]
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL after the timeout
-RESULT_LIMIT = 8192  # bytes of result a child may write; more is garbage
+RESULT_LIMIT = 8192  # bytes of result a worker may send; more is garbage
 TEXT_LIMIT = 512  # characters of result text passed on
+IDLE_SECONDS = 5.0  # a worker without work for this long is retired
+MAX_DELIVERIES = 1000  # deliveries per worker before it is replaced
 _POLL_FIRST, _POLL_MAX = 0.002, 0.1  # reap polling after EOF, backing off
-_RESET_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGCHLD", "SIGUSR1", "SIGUSR2", "SIGALRM")
-
-FAILED = "451 4.3.0 delivery failed"
-TIMED_OUT = "451 4.4.7 delivery timed out"  # RFC 3463 §3.5: delivery time expired
 
 
-class JobState(enum.Enum):
-    RUNNING = "running"
+class WorkerState(enum.Enum):
+    IDLE = "idle"
+    BUSY = "busy"
     TERMINATING = "terminating"  # timed out: SIGTERM sent, SIGKILL scheduled
-    DONE = "done"
+    RETIRED = "retired"  # socket closed: waiting to be reaped
+    DONE = "done"  # reaped
 
 
-@dataclass(eq=False, slots=True)
-class _Job:
-    """One child: mutable bookkeeping owned by the runner."""
-
-    request: DeliveryRequest
-    pid: int
-    rfd: int
-    state: JobState = JobState.RUNNING
-    data: bytearray = field(default_factory=bytearray)
-    eof: bool = False
-    wait_status: int | None = None
-    timers: list[asyncio.TimerHandle] = field(default_factory=list)
-    poll_delay: float = _POLL_FIRST
+# (uid, gid, user): what a worker runs as; user names the supplementary groups
+Identity = tuple[int, int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +77,34 @@ class _Pending:
     fd: int
     expected_name: str | None
 
+    @property
+    def identity(self) -> Identity:
+        return self.request.uid, self.request.gid, self.request.user
+
+
+@dataclass(eq=False, slots=True)
+class _Worker:
+    """One worker process: mutable bookkeeping owned by the runner."""
+
+    identity: Identity
+    pid: int
+    sock: socket.socket | None  # the parent's end; None once closed
+    state: WorkerState = WorkerState.IDLE
+    job: DeliveryRequest | None = None  # the delivery it is on
+    served: int = 0
+    wait_status: int | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    idle_timer: asyncio.TimerHandle | None = None
+    poll_delay: float = _POLL_FIRST
+
 
 class DeliveryRunner:
-    """Run deliveries in forked children, at most `max_concurrent` at once
-    (further requests wait in FIFO order, holding their fd), each killed after
-    `timeout` seconds.  `on_result(evpid, status, text, detail)` is called once
-    per started request, from the loop, never from inside `start()`; status is
-    "ok", "tempfail" or "permfail"; detail is "" when there is none (for
-    maildir it is the delivered file name)."""
+    """Run deliveries in worker processes, at most `max_concurrent` workers
+    at once (further requests wait in FIFO order, holding their fd), each
+    delivery killed after `timeout` seconds.  `on_result(evpid, status, text,
+    detail)` is called once per started request, from the loop, never from
+    inside `start()`; status is "ok", "tempfail" or "permfail"; detail is ""
+    when there is none (for maildir it is the delivered file name)."""
 
     def __init__(
         self,
@@ -113,14 +119,17 @@ class DeliveryRunner:
         self.on_result = on_result
         self.max_concurrent = max_concurrent
         self.timeout = timeout
-        self._jobs: dict[int, _Job] = {}
+        self._workers: dict[int, _Worker] = {}
+        self._idle: dict[Identity, list[_Worker]] = {}
         self._pending: collections.deque[_Pending] = collections.deque()
         self._closed = False
+        self._starting = False
+        self._start_again = False
 
     @property
     def running(self) -> int:
-        """Children not yet reaped (and finished)."""
-        return len(self._jobs)
+        """Deliveries in progress."""
+        return sum(1 for w in self._workers.values() if w.job is not None)
 
     @property
     def waiting(self) -> int:
@@ -129,19 +138,20 @@ class DeliveryRunner:
     @property
     def users(self) -> int:
         """Distinct users with a delivery running or waiting (upstream's mda.user)."""
-        return len({j.request.user for j in self._jobs.values()}
+        return len({w.job.user for w in self._workers.values() if w.job is not None}
                    | {p.request.user for p in self._pending})
 
     def pids(self) -> list[int]:
-        return list(self._jobs)
+        """Worker processes not yet reaped."""
+        return list(self._workers)
 
     # -- starting ---------------------------------------------------------------
 
     def start(
         self, request: DeliveryRequest, message_fd: int, expected_name: str | None = None
     ) -> None:
-        """Deliver `request`; `message_fd` is handed over (closed here after
-        the fork).  `expected_name` is the maildir file name recorded in the
+        """Deliver `request`; `message_fd` is handed over (closed here once
+        sent).  `expected_name` is the maildir file name recorded in the
         envelope (mda-delivered) for exactly-once redelivery."""
         if self._closed:
             os.close(message_fd)
@@ -166,154 +176,274 @@ class DeliveryRunner:
         self.start(request, message_fd, expected)
 
     def _start_waiting(self) -> None:
-        while self._pending and len(self._jobs) < self.max_concurrent and not self._closed:
-            item = self._pending.popleft()
-            self._spawn(item)
-
-    def _spawn(self, item: _Pending) -> None:
-        evpid = item.request.evpid
-        try:
-            rfd, wfd = os.pipe()  # both close-on-exec: an exec'd mda never holds them
-        except OSError as exc:
-            os.close(item.fd)
-            self.loop.call_soon(self.on_result, evpid, "tempfail", FAILED, f"pipe: {exc}")
+        """Hand waiting requests to idle workers of their user, fork workers
+        while there is room, and when there is none retire an idle worker of
+        another user so that the next round can fork one."""
+        if self._closed:
             return
+        if self._starting:  # re-entered through a callback: the outer call goes on
+            self._start_again = True
+            return
+        self._starting = True
+        try:
+            self._start_again = True
+            while self._start_again and not self._closed:
+                self._start_again = False
+                self._start_round()
+        finally:
+            self._starting = False
+
+    def _start_round(self) -> None:
+        kept: collections.deque[_Pending] = collections.deque()
+        while self._pending:
+            item = self._pending.popleft()
+            idle = self._idle.get(item.identity)
+            if idle:
+                self._send(idle.pop(), item)
+            elif len(self._workers) < self.max_concurrent:
+                worker = self._fork(item.identity)
+                if worker is None:
+                    self._fail_fork(item)
+                else:
+                    self._send(worker, item)
+            else:
+                self._retire_one_idle()
+                kept.append(item)
+        kept.extend(self._pending)  # added while we were forking and sending
+        self._pending = kept
+
+    def _retire_one_idle(self) -> None:
+        for workers in self._idle.values():
+            if workers:
+                self._retire(workers.pop())
+                return
+
+    def _fail_fork(self, item: _Pending) -> None:
+        os.close(item.fd)
+        self.loop.call_soon(self.on_result, item.request.evpid, "tempfail", FAILED,
+                            "cannot start a delivery process")
+
+    def _fork(self, identity: Identity) -> _Worker | None:
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            return None
         try:
             pid = os.fork()
-        except OSError as exc:
-            for fd in (rfd, wfd, item.fd):
-                os.close(fd)
-            self.loop.call_soon(self.on_result, evpid, "tempfail", FAILED, f"fork: {exc}")
-            return
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
         if pid == 0:  # pragma: no cover - the child; coverage cannot follow _exit
-            _child_main(item.request, item.fd, wfd, item.expected_name)
-        os.close(wfd)
-        os.close(item.fd)
-        os.set_blocking(rfd, False)
-        job = _Job(item.request, pid, rfd)
-        self._jobs[pid] = job
-        self.loop.add_reader(rfd, self._on_readable, job)
-        job.timers.append(self.loop.call_later(self.timeout, self._on_timeout, job))
+            worker_main(theirs.fileno(), *identity)
+        theirs.close()
+        ours.setblocking(False)
+        worker = _Worker(identity, pid, ours)
+        self._workers[pid] = worker
+        self.loop.add_reader(ours.fileno(), self._on_readable, worker)
+        return worker
 
-    # -- the result pipe --------------------------------------------------------
+    def _send(self, worker: _Worker, item: _Pending) -> None:
+        if worker.idle_timer is not None:
+            worker.idle_timer.cancel()
+            worker.idle_timer = None
+        worker.state = WorkerState.BUSY
+        worker.job = item.request
+        worker.served += 1
+        worker.timers.append(self.loop.call_later(self.timeout, self._on_timeout, worker))
+        assert worker.sock is not None
+        try:
+            # One packet: a request is a few hundred bytes, far below the
+            # socket buffer, so a non-blocking send of an idle worker's
+            # socket cannot fall short.
+            socket.send_fds(worker.sock, [encode_request(item.request, item.expected_name)],
+                            [item.fd])
+        except OSError:
+            self._close_socket(worker)  # it died: reaping reports the job as failed
+            self._after_eof(worker)
+        finally:
+            os.close(item.fd)
 
-    def _read_available(self, job: _Job) -> None:
-        """Read what the pipe holds now; on EOF or error close it."""
-        while job.rfd >= 0:
-            try:
-                chunk = os.read(job.rfd, 4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                chunk = b""
-            if chunk and len(job.data) + len(chunk) <= RESULT_LIMIT:
-                job.data += chunk
-                continue
-            if chunk:  # oversized: garbage, stop listening to it
-                job.data.clear()
-            job.eof = True
-            self.loop.remove_reader(job.rfd)
-            os.close(job.rfd)
-            job.rfd = -1
+    # -- answers -------------------------------------------------------------------
 
-    def _on_readable(self, job: _Job) -> None:
-        self._read_available(job)
-        if job.eof and job.wait_status is None and not self._try_reap(job):
-            self._schedule_poll(job)
+    def _on_readable(self, worker: _Worker) -> None:
+        if worker.sock is None:
+            return
+        try:
+            data = worker.sock.recv(RESULT_LIMIT + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_socket(worker)
+            self._after_eof(worker)
+            return
+        job = worker.job
+        if job is None:  # an answer nobody asked for: not a worker we trust
+            self._retire(worker)
+            return
+        status, text, detail, more = (_decode_result(data) if len(data) <= RESULT_LIMIT
+                                      else _UNUSABLE)
+        reusable = (more and worker.state is WorkerState.BUSY
+                    and worker.wait_status is None and worker.served < MAX_DELIVERIES
+                    and not self._closed)
+        if not status:
+            status, text, detail = "tempfail", FAILED, "delivery process answered garbage"
+        worker.job = None
+        if worker.state is WorkerState.BUSY:  # a timed-out one keeps its SIGKILL timer
+            self._cancel_timers(worker)
+        if reusable:
+            self._make_idle(worker)
+        else:
+            self._retire(worker)
+        try:
+            self.on_result(job.evpid, status, text, detail)
+        finally:
+            self._start_waiting()
 
-    def _schedule_poll(self, job: _Job) -> None:
-        job.timers.append(self.loop.call_later(job.poll_delay, self._poll, job))
-        job.poll_delay = min(job.poll_delay * 2, _POLL_MAX)
+    def _cancel_timers(self, worker: _Worker) -> None:
+        for timer in worker.timers:
+            timer.cancel()
+        worker.timers.clear()
 
-    def _poll(self, job: _Job) -> None:
-        if job.state is not JobState.DONE and not self._try_reap(job):
-            self._schedule_poll(job)
+    def _make_idle(self, worker: _Worker) -> None:
+        worker.state = WorkerState.IDLE
+        self._idle.setdefault(worker.identity, []).append(worker)
+        worker.idle_timer = self.loop.call_later(IDLE_SECONDS, self._on_idle_timeout, worker)
+
+    def _on_idle_timeout(self, worker: _Worker) -> None:
+        worker.idle_timer = None
+        if worker.state is WorkerState.IDLE:
+            self._remove_idle(worker)
+            self._retire(worker)
+
+    def _remove_idle(self, worker: _Worker) -> None:
+        idle = self._idle.get(worker.identity)
+        if idle is not None and worker in idle:
+            idle.remove(worker)
+            if not idle:
+                del self._idle[worker.identity]
+
+    def _retire(self, worker: _Worker) -> None:
+        """Close its socket: it exits at EOF (or is killed, if timed out)."""
+        if worker.state is not WorkerState.TERMINATING:
+            worker.state = WorkerState.RETIRED
+        if worker.idle_timer is not None:
+            worker.idle_timer.cancel()
+            worker.idle_timer = None
+        self._close_socket(worker)
+        self._after_eof(worker)
+
+    def _close_socket(self, worker: _Worker) -> None:
+        if worker.sock is not None:
+            self.loop.remove_reader(worker.sock.fileno())
+            worker.sock.close()
+            worker.sock = None
+
+    def _after_eof(self, worker: _Worker) -> None:
+        self._remove_idle(worker)
+        if worker.state is WorkerState.IDLE:
+            worker.state = WorkerState.RETIRED
+        if worker.wait_status is None and not self._try_reap(worker):
+            self._schedule_poll(worker)
+
+    def _schedule_poll(self, worker: _Worker) -> None:
+        worker.timers.append(self.loop.call_later(worker.poll_delay, self._poll, worker))
+        worker.poll_delay = min(worker.poll_delay * 2, _POLL_MAX)
+
+    def _poll(self, worker: _Worker) -> None:
+        if worker.state is not WorkerState.DONE and not self._try_reap(worker):
+            self._schedule_poll(worker)
 
     # -- reaping ----------------------------------------------------------------
 
     def reap(self) -> None:
-        """Reap finished children by pid, without blocking: call it from the
+        """Reap exited workers by pid, without blocking: call it from the
         parent's SIGCHLD handler.  Other children are not touched."""
-        for job in list(self._jobs.values()):
-            self._try_reap(job)
+        for worker in list(self._workers.values()):
+            if worker.state is not WorkerState.DONE:
+                self._try_reap(worker)
 
-    def _try_reap(self, job: _Job) -> bool:
-        if job.wait_status is None:
+    def _try_reap(self, worker: _Worker) -> bool:
+        if worker.wait_status is None:
             try:
-                pid, status = os.waitpid(job.pid, os.WNOHANG)
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
             except ChildProcessError:
-                pid, status = job.pid, -1  # someone else reaped it: status unknown
+                pid, status = worker.pid, -1  # someone else reaped it: status unknown
             if pid == 0:
                 return False
-            job.wait_status = status
-        # Whatever the child wrote is in the pipe by now; a grandchild that
-        # kept the write end open must not hold the result back.
-        self._read_available(job)
-        if job.rfd >= 0:
-            self.loop.remove_reader(job.rfd)
-            os.close(job.rfd)
-            job.rfd = -1
-        self._finish(job)
+            worker.wait_status = status
+        if worker.sock is not None:
+            # An answer sent just before exiting is still in the socket.
+            self._on_readable(worker)
+            if worker.state is WorkerState.DONE:
+                return True
+            self._close_socket(worker)
+        self._finish(worker)
         return True
 
-    def _finish(self, job: _Job) -> None:
-        if job.state is JobState.DONE:
+    def _finish(self, worker: _Worker) -> None:
+        if worker.state is WorkerState.DONE:
             return
-        timed_out = job.state is JobState.TERMINATING
-        job.state = JobState.DONE
-        for timer in job.timers:
-            timer.cancel()
-        job.timers.clear()
-        self._jobs.pop(job.pid, None)
-        status, text, detail = _decode_result(bytes(job.data))
-        if not status:
-            ending = describe_wait_status(job.wait_status)
-            status = "tempfail"
-            text = TIMED_OUT if timed_out else FAILED
-            detail = f"delivery process {ending} without a result"
+        timed_out = worker.state is WorkerState.TERMINATING
+        worker.state = WorkerState.DONE
+        job, worker.job = worker.job, None
+        self._cancel_timers(worker)
+        if worker.idle_timer is not None:
+            worker.idle_timer.cancel()
+            worker.idle_timer = None
+        self._remove_idle(worker)
+        self._workers.pop(worker.pid, None)
         try:
-            self.on_result(job.request.evpid, status, text, detail)
+            if job is not None:
+                ending = describe_wait_status(worker.wait_status)
+                self.on_result(job.evpid, "tempfail", TIMED_OUT if timed_out else FAILED,
+                               f"delivery process {ending} without a result")
         finally:
             self._start_waiting()
 
     # -- timeout and shutdown ------------------------------------------------------
 
-    def _on_timeout(self, job: _Job) -> None:
-        if job.state is not JobState.RUNNING:
+    def _on_timeout(self, worker: _Worker) -> None:
+        if worker.state is not WorkerState.BUSY:
             return
-        job.state = JobState.TERMINATING
-        self._signal(job, signal.SIGTERM)
-        job.timers.append(self.loop.call_later(KILL_GRACE, self._signal, job, signal.SIGKILL))
+        worker.state = WorkerState.TERMINATING
+        self._signal(worker, signal.SIGTERM)
+        worker.timers.append(self.loop.call_later(KILL_GRACE, self._signal, worker,
+                                                  signal.SIGKILL))
 
-    def _signal(self, job: _Job, sig: signal.Signals) -> None:
-        if job.wait_status is not None:
+    def _signal(self, worker: _Worker, sig: signal.Signals) -> None:
+        if worker.wait_status is not None:
             return  # reaped: the pid may belong to someone else now
         try:
-            os.killpg(job.pid, sig)
+            os.killpg(worker.pid, sig)
         except ProcessLookupError:  # not yet its own group leader
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(job.pid, sig)
+                os.kill(worker.pid, sig)
         except PermissionError:
             pass
 
     def close(self) -> None:
-        """Stop: kill every child's process group, reap them, drop what waits.
+        """Stop: kill every worker's process group, reap them, drop what waits.
         No result is reported for them: the envelopes stay queued."""
         self._closed = True
         while self._pending:
             os.close(self._pending.popleft().fd)
-        for job in list(self._jobs.values()):
-            job.state = JobState.DONE
-            for timer in job.timers:
+        for worker in list(self._workers.values()):
+            worker.state = WorkerState.DONE
+            worker.job = None
+            for timer in worker.timers:
                 timer.cancel()
-            self._signal(job, signal.SIGKILL)
-            if job.rfd >= 0:
-                self.loop.remove_reader(job.rfd)
-                os.close(job.rfd)
-                job.rfd = -1
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(job.pid, 0)
-        self._jobs.clear()
+            if worker.idle_timer is not None:
+                worker.idle_timer.cancel()
+            self._signal(worker, signal.SIGKILL)
+            self._close_socket(worker)
+            if worker.wait_status is None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(worker.pid, 0)
+        self._workers.clear()
+        self._idle.clear()
 
 
 def _evpid_of(envelope_text: str) -> int:
@@ -344,20 +474,25 @@ def _clean(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:TEXT_LIMIT])
 
 
-def _decode_result(data: bytes) -> tuple[str, str, str]:
-    """(status, text, detail) from the child, or ("", "", "") if unusable."""
+_UNUSABLE = ("", "", "", False)
+
+
+def _decode_result(data: bytes) -> tuple[str, str, str, bool]:
+    """(status, text, detail, whether the worker takes another delivery) from
+    a worker's answer, or ("", "", "", False) if unusable."""
     if not data:
-        return "", "", ""
+        return _UNUSABLE
     try:
         obj: Any = codec.unpack(data)
     except Exception:
-        return "", "", ""
-    if not (isinstance(obj, list) and len(obj) == 3 and all(isinstance(x, str) for x in obj)):
-        return "", "", ""
-    status, text, detail = obj
+        return _UNUSABLE
+    if not (isinstance(obj, list) and len(obj) == 4
+            and all(isinstance(x, str) for x in obj[:3]) and isinstance(obj[3], bool)):
+        return _UNUSABLE
+    status, text, detail, more = obj
     if status not in {s.value for s in DeliveryStatus} or not text:
-        return "", "", ""
-    return status, _clean(text), _clean(detail)
+        return _UNUSABLE
+    return status, _clean(text), _clean(detail), more
 
 
 # -- from an envelope to a request ------------------------------------------------
@@ -491,125 +626,6 @@ def plan_delivery(envelope_text: str, config: Config, hostname: str, *,
     )
     expected = env.mda_delivered if method is DeliveryMethod.MAILDIR else ""
     return request, expected or None
-
-
-# -- the child ---------------------------------------------------------------------
-
-
-class _Terminated(BaseException):
-    """SIGTERM in the child: the runner's timeout.  A BaseException so that no
-    `except Exception` on the way swallows it; `finally` blocks still run (the
-    mda command's process group is killed by command.py's)."""
-
-
-def _on_sigterm(_signum: int, _frame: object) -> None:
-    raise _Terminated
-
-
-def _child_main(
-    request: DeliveryRequest, fd: int, wfd: int, expected_name: str | None
-) -> NoReturn:  # pragma: no cover - child
-    code = 70  # EX_SOFTWARE unless the result reaches the pipe
-    try:
-        try:
-            # Objects inherited from the parent (sockets, files, the loop) may
-            # own fds we are about to close: never let the collector finalize
-            # them, or their close() would hit an fd number reused by now.
-            gc.freeze()
-            signal.set_wakeup_fd(-1)
-            for name in _RESET_SIGNALS:
-                signal.signal(getattr(signal, name), signal.SIG_DFL)
-            signal.signal(signal.SIGTERM, _on_sigterm)
-            os.setsid()
-            _close_inherited({0, 1, 2, fd, wfd})
-            os.umask(0o077)
-            os.chdir("/")
-            if os.geteuid() == 0:
-                _drop_privileges(request)
-            with contextlib.suppress(OSError):
-                os.lseek(fd, 0, os.SEEK_SET)  # a shared file offset may have moved
-            result = _deliver(request, fd, expected_name)
-        except _Terminated:
-            result = tempfail(TIMED_OUT)
-        except BaseException as exc:
-            _stderr(
-                f"mda: delivery of {request.evpid:016x} failed: "
-                + "".join(traceback.format_exception(exc))
-            )
-            result = tempfail(FAILED)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _write_all(wfd, codec.pack([result.status.value, result.text, result.detail or ""]))
-        code = 0
-    except BrokenPipeError:
-        # The parent is gone (daemon stopped or killed): the delivery's own
-        # exactly-once record decides what a restart does; one line is enough.
-        _stderr(f"mda: delivery of {request.evpid:016x}: parent gone, result dropped\n")
-    except BaseException as exc:
-        _stderr(f"mda: delivery of {request.evpid:016x}: no result: "
-                + "".join(traceback.format_exception(exc)))
-    os._exit(code)
-
-
-def _deliver(
-    request: DeliveryRequest, fd: int, expected_name: str | None
-) -> DeliveryResult:  # pragma: no cover - child
-    # smtpd.mda was imported by the parent: after the privilege drop the
-    # child may not be allowed to read the interpreter's files to import.
-    with os.fdopen(fd, "rb") as source:
-        return smtpd.mda.deliver(request, source, expected_name)
-
-
-def _close_inherited(keep: set[int]) -> None:  # pragma: no cover - child
-    try:
-        limit = os.sysconf("SC_OPEN_MAX")
-    except (OSError, ValueError):
-        limit = 1024
-    limit = max(limit, max(keep) + 1)
-    low = 0
-    for fd in sorted(keep):
-        # Never an empty range: CPython 3.13 turns closerange(0, 0) into
-        # close_range(0, (unsigned)-1), which closes every fd (seen here).
-        if low < fd:
-            os.closerange(low, fd)
-        low = fd + 1
-    if low < limit:
-        os.closerange(low, limit)
-
-
-def _drop_privileges(request: DeliveryRequest) -> None:  # pragma: no cover - child
-    """For good: real, effective and saved ids, and the supplementary groups
-    of the user (or only its gid for a user without a passwd entry)."""
-    uid, gid = request.uid, request.gid
-    try:
-        known = pwd.getpwnam(request.user).pw_uid == uid
-    except KeyError:
-        known = False
-    if known:
-        os.initgroups(request.user, gid)
-    else:
-        os.setgroups([gid])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-        raise PermissionError(f"could not become uid {uid} gid {gid}")
-    if uid != 0:
-        try:
-            os.setuid(0)
-        except PermissionError:
-            return
-        raise PermissionError("uid 0 could be regained after dropping privileges")
-
-
-def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - child
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _stderr(text: str) -> None:  # pragma: no cover - child
-    # Not the logging module: its handlers may hold fds closed in this child.
-    with contextlib.suppress(OSError):
-        _write_all(2, text.encode("utf-8", "replace"))
 
 
 def _virtual_user(config: Config, table_name: str | None,

@@ -1,9 +1,9 @@
 """What a local delivery is asked to do and what it answers.
 
-The parent forks one child per delivery, drops to the recipient's uid/gid
-(when root) and calls one of the delivery functions in that child with a
-`DeliveryRequest` and the spooled message (a readable binary file, LF line
-endings).  Every delivery function returns a `DeliveryResult`; none raises
+A delivery worker of the recipient's uid/gid (smtpd/mda/worker.py, forked by
+the parent and dropped to that user when root) calls one of the delivery
+functions with a `DeliveryRequest` and the spooled message (a readable
+binary file, LF line endings).  Every delivery function returns a `DeliveryResult`; none raises
 for an expected failure.
 
 Vocabulary: upstream's envelope has `rcpt` (the RCPT TO address) and `dest`

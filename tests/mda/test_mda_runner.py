@@ -20,7 +20,7 @@ from mdatest_util import req_factory
 import smtpd.mda
 from imsg import codec
 from smtpd.config.model import Action, ActionKind, Config, RelayOptions
-from smtpd.mda import runner
+from smtpd.mda import runner, worker
 from smtpd.mda.runner import FAILED, TIMED_OUT, DeliveryRunner, build_request
 from smtpd.mda.types import DeliveryMethod, DeliveryRequest, DeliveryResult, DeliveryStatus, ok
 from smtpd.queue.envelope import DeliveryType, Envelope, dump_envelope
@@ -259,16 +259,117 @@ def test_concurrency_limit_queues_the_rest(tmp_path: Path,
     assert peak == 2
 
 
+def _pid_of_worker(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+    return ok(detail=str(os.getpid()))
+
+
+def test_a_worker_serves_its_user_again_until_idle(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtpd.mda, "deliver", _pid_of_worker)
+    monkeypatch.setattr(runner, "IDLE_SECONDS", 0.3)
+    make = req_factory(tmp_path)
+    loop = asyncio.new_event_loop()
+    pids: list[str] = []
+
+    def on_result(evpid: int, status: str, text: str, detail: str) -> None:
+        pids.append(detail)
+        if evpid < 3:  # one after the other: the idle worker takes the next
+            loop.call_soon(lambda: r.start(make(evpid=evpid + 1), _msgfd(tmp_path)))
+
+    r = DeliveryRunner(loop, on_result, max_concurrent=4, timeout=10)
+    deadline = time.monotonic() + 10
+
+    def run_until(done: Callable[[], bool]) -> None:
+        while not done() and time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.01))
+
+    try:
+        loop.call_soon(lambda: r.start(make(evpid=1), _msgfd(tmp_path)))
+        run_until(lambda: len(pids) == 3)
+        assert len(set(pids)) == 1, pids  # one worker, three deliveries
+        worker_pid = int(pids[0])
+        assert r.pids() == [worker_pid] and r.running == 0
+        # idle for IDLE_SECONDS: retired, it exits and is reaped
+        run_until(lambda: not r.pids())
+        assert r.pids() == []
+        with pytest.raises(ChildProcessError):
+            os.waitpid(worker_pid, os.WNOHANG)
+    finally:
+        r.close()
+        loop.close()
+
+
+def test_a_worker_is_replaced_after_max_deliveries_and_after_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def pid_or_fail(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+        if req.evpid == 3:
+            raise RuntimeError("a bug in delivery")
+        return ok(detail=str(os.getpid()))
+
+    monkeypatch.setattr(smtpd.mda, "deliver", pid_or_fail)
+    monkeypatch.setattr(runner, "MAX_DELIVERIES", 2)
+    make = req_factory(tmp_path)
+    results: list[Result] = []
+
+    def start(r: DeliveryRunner) -> None:
+        original = r.on_result
+
+        def chain(evpid: int, status: str, text: str, detail: str) -> None:
+            original(evpid, status, text, detail)
+            if evpid < 5:
+                r.loop.call_soon(lambda: r.start(make(evpid=evpid + 1), _msgfd(tmp_path)))
+        r.on_result = chain
+        r.start(make(evpid=1), _msgfd(tmp_path))
+
+    results = _run(start, 5)
+    by = {evpid: (status, detail) for evpid, status, _, detail in results}
+    assert by[1][1] == by[2][1]  # the same worker twice,
+    assert by[3] == ("tempfail", "")  # then a new one, which fails and is not reused,
+    assert len({by[1][1], by[4][1]}) == 2 and by[4][1] == by[5][1]  # then a third
+
+
+def test_a_full_runner_retires_an_idle_worker_of_another_user(
+        tmp_path: Path, nobody_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smtpd.mda, "deliver", _pid_of_worker)
+    pw = pwd.getpwnam("nobody")
+    make = req_factory(tmp_path)
+    as_nobody = make(user="nobody", uid=pw.pw_uid, gid=pw.pw_gid, home=str(nobody_home))
+
+    def start(r: DeliveryRunner) -> None:
+        original = r.on_result
+
+        def chain(evpid: int, status: str, text: str, detail: str) -> None:
+            original(evpid, status, text, detail)
+            if evpid == 1:  # nobody's worker is idle now, and the only slot
+                r.loop.call_soon(lambda: r.start(make(evpid=2), _msgfd(tmp_path)))
+        r.on_result = chain
+        r.start(replace(as_nobody, evpid=1), _msgfd(tmp_path))
+
+    results = _run(start, 2, max_concurrent=1, sigchld=True)
+    assert [(e, s) for e, s, _, _ in results] == [(1, "ok"), (2, "ok")]
+    assert results[0][3] != results[1][3]
+
+
+def test_worker_requests_round_trip() -> None:
+    req = req_factory(Path("/h"))(wrapper="w", lmtp_rcpt_to=True, timeout=2.5)
+    assert worker.decode_request(worker.encode_request(req, "1.x.h")) == (req, "1.x.h")
+    assert worker.decode_request(worker.encode_request(req, None)) == (req, None)
+    for bad in (codec.pack([1, None]), codec.pack([[1, 2], None]), codec.pack("x")):
+        with pytest.raises(ValueError):
+            worker.decode_request(bad)
+
+
 def test_result_decoding_refuses_garbage() -> None:
     decode = runner._decode_result
-    assert decode(codec.pack(["ok", "250 2.0.0 Delivered", "n"])) == (
-        "ok", "250 2.0.0 Delivered", "n")
-    assert decode(codec.pack(["tempfail", "451 x\r\nInjected: y", ""]))[1] == (
+    assert decode(codec.pack(["ok", "250 2.0.0 Delivered", "n", True])) == (
+        "ok", "250 2.0.0 Delivered", "n", True)
+    assert decode(codec.pack(["tempfail", "451 x\r\nInjected: y", "", False]))[1] == (
         "451 x??Injected: y")
-    for bad in (b"", b"\xc1", codec.pack(["maybe", "x", ""]), codec.pack(["ok", "", ""]),
-                codec.pack(["ok", 1, ""]), codec.pack({"status": "ok"}),
-                codec.pack(["ok", "x", "y", "z"])):
-        assert decode(bad) == ("", "", "")
+    for bad in (b"", b"\xc1", codec.pack(["maybe", "x", "", True]),
+                codec.pack(["ok", "", "", True]), codec.pack(["ok", 1, "", True]),
+                codec.pack({"status": "ok"}), codec.pack(["ok", "x", "y"]),
+                codec.pack(["ok", "x", "y", "z"]), codec.pack(["ok", "x", "y", True, 1])):
+        assert decode(bad) == ("", "", "", False)
 
 
 # -- build_request ------------------------------------------------------------------
