@@ -17,6 +17,8 @@ registered backend):
 * ``get(kind, oid) -> BinaryIO``: a readable stream of the blob (caller
   closes); ``BlobNotFound`` if missing.
 * ``delete(kind, oid) -> bool``: durable removal; False if it was missing.
+* ``delete_many([(kind, oid), ...]) -> list[bool]``: several deletes, all
+  durable when it returns (the fs backend fsyncs each directory once).
 * ``list(kind, *, after=-1, below=None) -> Iterator[int]``: the ids of
   ``kind`` with after < id < below in ascending order (``below`` lets a
   caller list one message's envelopes cheaply). Changing the store while
@@ -47,6 +49,8 @@ class QueueBackend(Protocol):
     def get(self, kind: Kind, oid: int) -> BinaryIO: ...
 
     def delete(self, kind: Kind, oid: int) -> bool: ...
+
+    def delete_many(self, items: Iterable[tuple[Kind, int]]) -> list[bool]: ...
 
     def sweep(self) -> int:
         """Remove what an interrupted delete left behind (empty message

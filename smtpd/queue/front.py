@@ -417,6 +417,30 @@ class QueueFront:
         self.backend.delete(Kind.MESSAGE, msgid)
         return True
 
+    def envelope_delete_many(self, evpids: list[int]) -> list[bool | NotFound]:
+        """`envelope_delete` for several envelopes, durable together: one
+        backend batch (the fs backend fsyncs each directory once) removes
+        them and every message whose last envelopes they are.  Per evpid:
+        True when its message went too, False if not, NotFound if the
+        envelope was already gone."""
+        evpids = list(dict.fromkeys(evpids))
+        by_message: dict[int, list[int]] = {}
+        for evpid in evpids:
+            self._cache.evict(evpid)
+            by_message.setdefault(evpid_to_msgid(evpid), []).append(evpid)
+        items: list[tuple[Kind, int]] = [(Kind.ENVELOPE, evpid) for evpid in evpids]
+        emptied = [msgid for msgid, batch in by_message.items()
+                   if set(self.message_envelopes(msgid)) <= set(batch)]
+        items += [(Kind.MESSAGE, msgid) for msgid in emptied]
+        gone = self.backend.delete_many(items)
+        results: list[bool | NotFound] = []
+        for evpid, removed in zip(evpids, gone, strict=False):
+            if not removed:
+                results.append(NotFound(Kind.ENVELOPE, evpid))
+            else:
+                results.append(evpid_to_msgid(evpid) in emptied)
+        return results
+
     # --- corruption, recovery, walking -----------------------------------------
 
     def corrupt(self, msgid: int, reason: str) -> None:

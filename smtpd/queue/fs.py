@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
 from smtpd.queue.spool import (
+    fsync_dir,
     install_durable,
     prepare_spool,
     rmdir_if_empty,
@@ -120,6 +121,33 @@ class FsBackend:
         gone = unlink_durable(target)
         if gone and kind is not Kind.KEYCHECK:
             rmdir_if_empty(target.parent)
+        return gone
+
+    def delete_many(self, items: Iterable[tuple[Kind, int]]) -> list[bool]:
+        """Unlink every file, remove the message directories this emptied,
+        then fsync each directory that changed once: the directory itself if
+        it stays, else its bucket (a durable rmdir implies its entries are
+        gone).  A batch of deliveries shares the journal commit that the
+        first fsync forces, as put_many does for commits."""
+        gone: list[bool] = []
+        emptied: dict[Path, bool] = {}  # directory -> may be removed when empty
+        for kind, oid in items:
+            target = self.path(kind, oid)
+            try:
+                os.unlink(target)
+            except FileNotFoundError:
+                gone.append(False)
+                continue
+            gone.append(True)
+            emptied[target.parent] = emptied.get(target.parent, False) or kind is not Kind.KEYCHECK
+        to_sync: dict[Path, None] = {}
+        for directory, removable in emptied.items():
+            if removable and rmdir_if_empty(directory):
+                to_sync[directory.parent] = None
+            else:
+                to_sync[directory] = None
+        for directory in to_sync:
+            fsync_dir(directory)
         return gone
 
     def sweep(self) -> int:

@@ -172,11 +172,17 @@ class PgBackend:
         return io.BytesIO(data)
 
     def delete(self, kind: Kind, oid: int) -> bool:
-        with self.connection() as conn:
-            cur = conn.execute(
-                "DELETE FROM pysmtpd_blob WHERE kind = %s AND oid = %s AND owner = %s",
-                (kind.value, _db(oid), _owner(self.node, kind)))
-        return cur.rowcount > 0
+        return self.delete_many([(kind, oid)])[0]
+
+    def delete_many(self, items: Iterable[tuple[Kind, int]]) -> list[bool]:
+        gone: list[bool] = []
+        with self.connection() as conn, conn.transaction():  # one commit for the batch
+            for kind, oid in items:
+                cur = conn.execute(
+                    "DELETE FROM pysmtpd_blob WHERE kind = %s AND oid = %s AND owner = %s",
+                    (kind.value, _db(oid), _owner(self.node, kind)))
+                gone.append(cur.rowcount > 0)
+        return gone
 
     def sweep(self) -> int:
         return 0  # a delete is one statement: nothing half-done to clean

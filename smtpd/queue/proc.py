@@ -134,6 +134,8 @@ class QueueProcess(Child):
         h(Proc.SMTP, Msg.SMTP_MTA_RESULT, self._on_mta_result)
         self.transfers: dict[int, list[int]] = {}   # reqid -> evpids being relayed
         self.commit_batch: list[tuple[MessageCommit, list[int]]] = []
+        # delivered envelopes waiting for this loop iteration's batched delete
+        self.delete_batch: list[tuple[Envelope, str]] = []
         h(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._on_bounce_route)
         h(Proc.CONTROL, Msg.CTL_QUEUE_REQUEST, self._on_ctl)
 
@@ -388,8 +390,11 @@ class QueueProcess(Child):
         if started is not None:
             self.stats.observe("queue.delivery.latency", int((time.monotonic() - started) * 1e9))
         if status == "ok":
-            self._delete(env)
-            self._report(env.evpid, "ok", text, env)
+            # Removed with the others delivered in this loop iteration (one
+            # fsync per directory, like commits), reported once durable.
+            if not self.delete_batch:
+                self.loop.call_soon(self._flush_deletes)
+            self.delete_batch.append((env, text))
         elif status == "tempfail":
             self._tempfail(env, text)
         else:
@@ -407,6 +412,19 @@ class QueueProcess(Child):
     def _permfail(self, env: Envelope, text: str, kind: DsnKind) -> None:
         self._report(env.evpid, "permfail", text, env)
         self._bounce_then_delete(env, text, kind)
+
+    def _flush_deletes(self) -> None:
+        batch, self.delete_batch = self.delete_batch, []
+        try:
+            results: list[bool | Exception] = list(
+                self.front.envelope_delete_many([env.evpid for env, _text in batch]))
+        except (OSError, QueueError) as exc:
+            results = [exc] * len(batch)
+        for (env, text), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                self.log.warning("queue: envelope %016x delete failed: %s", env.evpid, result)
+            self._report(env.evpid, "ok", text, env)
+        self._update_stats()
 
     def _delete(self, env: Envelope) -> None:
         try:

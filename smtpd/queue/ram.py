@@ -37,6 +37,9 @@ class RamBackend:
     def delete(self, kind: Kind, oid: int) -> bool:
         return self._blobs.pop((kind, oid), None) is not None
 
+    def delete_many(self, items: Iterable[tuple[Kind, int]]) -> list[bool]:
+        return [self.delete(kind, oid) for kind, oid in items]
+
     def list(
         self, kind: Kind, *, after: int = -1, below: int | None = None
     ) -> Iterator[int]:

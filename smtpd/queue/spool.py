@@ -147,12 +147,15 @@ def unlink_durable(path: Path) -> bool:
     return True
 
 
-def rmdir_if_empty(path: Path) -> None:
+def rmdir_if_empty(path: Path) -> bool:
+    """rmdir ``path``; False if it was not empty or is already gone."""
     try:
         os.rmdir(path)
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
             raise
+        return False
+    return True
 
 
 def remove_tree(path: Path, purge: Path) -> None:

@@ -93,6 +93,21 @@ def test_put_many(backend: QueueBackend) -> None:
     assert backend.put_many([]) == []
 
 
+def test_delete_many(backend: QueueBackend) -> None:
+    backend.put_many([(Kind.ENVELOPE, E1, b"1"), (Kind.ENVELOPE, E2, b"2"),
+                      (Kind.MESSAGE, M1, b"m"), (Kind.MESSAGE, M2, b"n")])
+    # a message's last envelope and the message itself go in one batch;
+    # a missing blob is reported, not raised
+    assert backend.delete_many([(Kind.ENVELOPE, E1), (Kind.ENVELOPE, E2),
+                                (Kind.MESSAGE, M1), (Kind.ENVELOPE, E1)]) == [
+        True, True, True, False]
+    assert list(backend.list(Kind.ENVELOPE)) == []
+    assert list(backend.list(Kind.MESSAGE)) == [M2]
+    with pytest.raises(BlobNotFound):
+        backend.get(Kind.MESSAGE, M1)
+    assert backend.delete_many([]) == []
+
+
 def test_failed_put_keeps_old_blob(backend: QueueBackend) -> None:
     backend.put(Kind.MESSAGE, M1, b"old")
 

@@ -217,6 +217,27 @@ def test_envelope_update_delete_and_bounce(factory: Factory) -> None:
         fresh.envelope_create(msgid, make_env())
 
 
+def test_envelope_delete_many_takes_emptied_messages_along(factory: Factory) -> None:
+    front = factory()
+    m1, (a1, a2) = submit(front, b"Received: x\n\none\n")
+    m2, (b1, b2, b3) = submit(front, b"Received: x\n\ntwo\n", rcpts=3)
+    front.envelope_load(b1)  # cached: the batch must evict it too
+    results = front.envelope_delete_many([a1, a2, b1, a1])
+    assert results == [True, True, False]  # the repeat of a1 counts once
+    with pytest.raises(NotFound):
+        front.message_open(m1)
+    with pytest.raises(NotFound):
+        front.envelope_load(b1)
+    fresh = factory()
+    assert [e.evpid for e in fresh.walk()] == [b2, b3]
+    [gone, last] = fresh.envelope_delete_many([b1, b2])
+    assert isinstance(gone, NotFound) and last is False
+    assert fresh.envelope_delete_many([b3]) == [True]
+    assert list(fresh.walk()) == [] and fresh.envelope_delete_many([]) == []
+    with pytest.raises(NotFound):
+        fresh.message_open(m2)
+
+
 def test_keep_message_and_message_delete(factory: Factory) -> None:
     front = factory()
     msgid, (e1, e2) = submit(front, b"Received: x\n\nhi\n")
