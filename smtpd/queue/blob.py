@@ -9,13 +9,26 @@ from __future__ import annotations
 import enum
 import io
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 READ_CHUNK = 64 * 1024
 
-# What ``put`` accepts: the whole blob, an iterable of chunks, or a binary
-# file object read to its end (messages are streamed, never loaded whole).
-BlobSource = bytes | Iterable[bytes] | BinaryIO
+
+@dataclass(frozen=True, slots=True)
+class SpoolFile:
+    """A finished file on the spool's filesystem, given up by the caller: the
+    fs backend renames it into place instead of copying it (a message
+    received in incoming/ and stored as is); other backends read it."""
+
+    path: Path
+
+
+# What ``put`` accepts: the whole blob, an iterable of chunks, a binary file
+# object read to its end (messages are streamed, never loaded whole), or a
+# SpoolFile.
+BlobSource = bytes | Iterable[bytes] | BinaryIO | SpoolFile
 
 
 class Kind(enum.StrEnum):
@@ -45,6 +58,10 @@ def iter_source(data: BlobSource) -> Iterator[bytes]:
     """Chunks of a put() source, without reading a file object whole."""
     if isinstance(data, bytes | bytearray | memoryview):
         yield bytes(data)
+    elif isinstance(data, SpoolFile):
+        with open(data.path, "rb") as spooled:
+            while chunk := spooled.read(READ_CHUNK):
+                yield chunk
     elif isinstance(data, io.IOBase) or hasattr(data, "read"):
         reader: BinaryIO = data  # type: ignore[assignment]
         while chunk := reader.read(READ_CHUNK):

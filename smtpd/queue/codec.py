@@ -46,6 +46,12 @@ def encode(
     return iter(out)
 
 
+def is_plain(head: bytes) -> bool:
+    """Whether a blob starting with ``head`` (its first 2 bytes or all of a
+    shorter one) is stored as is."""
+    return not is_encrypted(head) and not is_gzip(head)
+
+
 def decode(
     raw: Iterable[bytes], *, keys: Mapping[bytes, MasterKey], aad: bytes
 ) -> Iterator[bytes]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import io
 import logging
 import os
 import tempfile
@@ -43,6 +45,7 @@ from smtpd.queue.blob import (
     BlobNotFound,
     BlobSource,
     Kind,
+    SpoolFile,
     chunk_stream,
     iter_source,
 )
@@ -85,6 +88,20 @@ def _guard(kind: Kind, oid: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield from chunks
     except _DECODE_ERRORS as exc:
         raise _decode_error(kind, oid, exc) from None
+
+
+def _plain_file_fd(raw: BinaryIO) -> int | None:
+    """A read-only duplicate of a stored blob's fd when the blob is a file
+    opened read-only and holds plaintext (neither encrypted nor gzip)."""
+    try:
+        fileno = raw.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None  # not a file (ram, pg): the caller copies
+    if fcntl.fcntl(fileno, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+        return None
+    if not codec.is_plain(os.pread(fileno, 2, 0)):
+        return None
+    return os.dup(fileno)  # non-inheritable; the caller's file closes its own
 
 
 class QueueFront:
@@ -273,19 +290,14 @@ class QueueFront:
                     envs = self._check_pending(msgid)
                     if not envs:
                         raise QueueError(f"message {msgid:08x}: no envelopes to commit")
-                    try:
-                        src = open(self.message_path(msgid), "rb")  # noqa: SIM115
-                    except FileNotFoundError:
-                        raise QueueError(f"message {msgid:08x}: no message data") from None
+                    message = self._message_source(msgid, sources)
                 except QueueError as exc:
                     results.append((msgid, exc))
                     continue
-                sources.append(src)
                 items += [(Kind.ENVELOPE, env.evpid,
                            self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
                           for env in envs]
-                items.append((Kind.MESSAGE, msgid,
-                              self._encode(Kind.MESSAGE, msgid, iter_source(src))))
+                items.append((Kind.MESSAGE, msgid, message))
                 batch.append((msgid, envs))
             if items:
                 try:
@@ -309,6 +321,23 @@ class QueueFront:
             remove_tree(self._incoming / f"{msgid:08x}", self._purge)
             results.append((msgid, sorted(envs, key=lambda e: e.evpid)))
         return results
+
+    def _message_source(self, msgid: int, opened: list[BinaryIO]) -> BlobSource:
+        """What to store for an incoming message: the received file itself
+        when it is stored as is (a plain blob is the message: codec.py), else
+        its encoding, read from a file appended to ``opened`` (the caller
+        closes those)."""
+        path = self.message_path(msgid)
+        try:
+            if not self.compression and self._master is None:
+                if not path.is_file():
+                    raise FileNotFoundError(path)
+                return SpoolFile(path)
+            src = open(path, "rb")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            raise QueueError(f"message {msgid:08x}: no message data") from None
+        opened.append(src)
+        return self._encode(Kind.MESSAGE, msgid, iter_source(src))
 
     def message_rollback(self, msgid: int) -> None:
         """Forget an incoming message (the transaction failed or was reset)."""
@@ -344,7 +373,12 @@ class QueueFront:
         """A read-only fd of the whole verified plaintext in an unlinked file.
 
         Fully decoded (and authenticated) before it is returned, so no MDA
-        ever sees part of a tampered message."""
+        ever sees part of a tampered message.  A plain blob in a file needs
+        no decoding: its own file is handed out, read-only."""
+        with self._get(Kind.MESSAGE, msgid) as raw:
+            fd = _plain_file_fd(raw)
+        if fd is not None:
+            return fd
         fd = self._anonymous_file()
         try:
             with self.message_open(msgid) as src:

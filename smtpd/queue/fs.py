@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, iter_source
+from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, SpoolFile, iter_source
 from smtpd.queue.spool import (
     fsync_dir,
     install_durable,
@@ -63,6 +63,7 @@ class FsBackend:
         self._corrupt = self.root / "corrupt"
         # put() writes here first; QueueFront.recover() clears what a crash left.
         self._tmp = self.root / "temporary"
+        self._device = self._queue.stat().st_dev  # a SpoolFile elsewhere is copied
 
     # --- paths ------------------------------------------------------------
 
@@ -99,7 +100,11 @@ class FsBackend:
         try:
             for kind, oid, data in items:
                 target = self.path(kind, oid)
-                tmp, size = write_temp(iter_source(data), self._tmp, sync=False)
+                if isinstance(data, SpoolFile) and self._same_filesystem(data.path):
+                    # moved, not copied: one file creation less per message
+                    tmp, size = data.path, data.path.stat().st_size
+                else:
+                    tmp, size = write_temp(iter_source(data), self._tmp, sync=False)
                 moves.append((tmp, target))
                 sizes.append(size)
             sync_files(tmp for tmp, _target in moves)
@@ -109,6 +114,12 @@ class FsBackend:
             raise
         install_durable(moves, self.root)
         return sizes
+
+    def _same_filesystem(self, path: Path) -> bool:
+        try:
+            return path.stat().st_dev == self._device
+        except FileNotFoundError:
+            return False  # iter_source() then says it is missing
 
     def get(self, kind: Kind, oid: int) -> BinaryIO:
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from smtpd.queue.backend import BACKENDS, BlobNotFound, Kind, QueueBackend, make_backend
+from smtpd.queue.blob import SpoolFile
 
 M1, M2, M3 = 0x0A000001, 0x0A000002, 0xF0000001
 E1, E2, E3 = (M1 << 32) | 1, (M1 << 32) | 0xFFFFFFFF, (M3 << 32) | 5
@@ -91,6 +92,21 @@ def test_put_many(backend: QueueBackend) -> None:
     assert [read(backend, Kind.ENVELOPE, e) for e in (E1, E2)] == [b"one", b"two"]
     assert read(backend, Kind.MESSAGE, M1) == b"message"
     assert backend.put_many([]) == []
+
+
+def test_put_a_spool_file(backend: QueueBackend, tmp_path: Path) -> None:
+    # On the spool's filesystem the fs backend moves the file; elsewhere (and
+    # for every other backend) it is read like any source.
+    for where in (getattr(backend, "root", tmp_path) / "incoming", Path("/dev/shm")):
+        if not where.is_dir():
+            continue
+        received = where / f"spoolfile-test-{os.getpid()}"
+        received.write_bytes(b"Received: x\n\nbody\n")
+        try:
+            assert backend.put_many([(Kind.MESSAGE, M1, SpoolFile(received))]) == [18]
+            assert read(backend, Kind.MESSAGE, M1) == b"Received: x\n\nbody\n"
+        finally:
+            received.unlink(missing_ok=True)
 
 
 def test_delete_many(backend: QueueBackend) -> None:

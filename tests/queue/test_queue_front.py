@@ -217,6 +217,38 @@ def test_envelope_update_delete_and_bounce(factory: Factory) -> None:
         fresh.envelope_create(msgid, make_env())
 
 
+@pytest.mark.parametrize(("compression", "key"), MODES)
+def test_a_plain_message_is_moved_in_and_handed_out_as_stored(
+        tmp_path: Path, compression: bool, key: str | None) -> None:
+    spool = tmp_path / "spool"
+    backend = FsBackend(spool)
+    front = QueueFront(backend, spool=spool, compression=compression, encryption_key=key,
+                       kdf_n=KDF_N)
+    data = message_bytes(100_000)
+    msgid = front.message_create()
+    with os.fdopen(front.message_fd(msgid), "wb") as f:
+        f.write(data)
+    received = os.stat(front.message_path(msgid)).st_ino
+    front.envelope_create(msgid, make_env())
+    front.message_commit(msgid)
+    stored = backend.path(Kind.MESSAGE, msgid).stat()
+    plain = not compression and key is None
+    # as is: the received file itself (no copy); encoded: a new file
+    assert (stored.st_ino == received) is plain
+    assert not (spool / "incoming" / f"{msgid:08x}").exists()
+    fd = front.message_fd_for_delivery(msgid)
+    try:
+        st = os.fstat(fd)
+        # plain: the stored file, read-only; else a decoded unlinked copy
+        assert (st.st_ino == stored.st_ino) is plain
+        assert st.st_nlink == (1 if plain else 0)
+        with pytest.raises(OSError):
+            os.write(fd, b"x")
+        assert os.pread(fd, len(data) + 1, 0) == data
+    finally:
+        os.close(fd)
+
+
 def test_envelope_delete_many_takes_emptied_messages_along(factory: Factory) -> None:
     front = factory()
     m1, (a1, a2) = submit(front, b"Received: x\n\none\n")
