@@ -35,7 +35,7 @@ RUNDIR ?= /var/run
 UNITDIR ?= /etc/systemd/system
 INSTALL_ENV = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' SYSCONFDIR='$(SYSCONFDIR)' \
 	SPOOLDIR='$(SPOOLDIR)' RUNDIR='$(RUNDIR)' UNITDIR='$(UNITDIR)' PIP_OPTS='$(PIP_OPTS)' \
-	CREATE_USERS='$(or $(CREATE_USERS),yes)'
+	CREATE_USERS='$(or $(CREATE_USERS),yes)' EXTRAS='$(EXTRAS)'
 
 install:
 	@py='$(PYTHON)'; [ -n "$$py" ] || py=$$($(FIND_PYTHON)) || exit 1; \

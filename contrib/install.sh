@@ -11,6 +11,8 @@
 #   UNITDIR     /etc/systemd/system: pysmtpd.service
 #   PYTHON      a Python >= 3.12 (the Makefile finds one)
 #   PIP_OPTS    extra pip options (--no-index --find-links DIR offline)
+#   EXTRAS      optional extras of pyproject.toml, e.g. fast (uvloop for the
+#               children's event loop: smtpd/eventloop.py)
 #   CREATE_USERS  yes: as root, add _smtpd and _smtpq when missing
 #
 # The commands are small sh wrappers running `python -I` from the venv, not
@@ -23,7 +25,7 @@ umask 022
 
 : "${DESTDIR:=}" "${PREFIX:=/usr/local}" "${SYSCONFDIR:=/etc}"
 : "${SPOOLDIR:=/var/spool/smtpd}" "${RUNDIR:=/var/run}" "${UNITDIR:=/etc/systemd/system}"
-: "${PIP_OPTS:=}" "${CREATE_USERS:=yes}"
+: "${PIP_OPTS:=}" "${CREATE_USERS:=yes}" "${EXTRAS:=}"
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 LIBDIR=$PREFIX/lib/pysmtpd
 MARK="# pysmtpd wrapper (contrib/install.sh)"
@@ -75,7 +77,9 @@ venv() {
     cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/imsg" "$SRC/smtpd" "$SRC/smtpctl" "$copy"
     find "$copy" -name __pycache__ -prune -exec rm -rf {} +
     # shellcheck disable=SC2086
-    "$new/bin/python" -m pip install -q --disable-pip-version-check $PIP_OPTS "$copy"
+    target=$copy
+    [ -z "$EXTRAS" ] || target="$copy[$EXTRAS]"
+    "$new/bin/python" -m pip install -q --disable-pip-version-check $PIP_OPTS "$target"
     # Every module must import before the swap: a dependency pyproject.toml
     # forgot would otherwise surface as a daemon that cannot start.
     "$new/bin/python" -I -c "$IMPORT_ALL" ||

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 
-from smtpd import __version__, log
+from smtpd import __version__, eventloop, log
 from smtpd import options as opts
 from smtpd.privsep import PrivsepError
 
@@ -62,7 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (options.foreground or options.syslog_in_foreground):
         daemonize()
-    loop = asyncio.new_event_loop()
+    try:
+        children_loop = eventloop.check()
+    except eventloop.EventLoopError as exc:
+        logger.critical("%s", exc)
+        return 1
+    logger.debug("debug: children run the %s event loop", children_loop)
+    loop = asyncio.new_event_loop()  # the parent's: see smtpd/eventloop.py
     asyncio.set_event_loop(loop)
     parent = Parent(options, config)
     try:

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from smtpd import privsep
+from smtpd import eventloop, privsep
 from smtpd.msg import Proc
 from smtpd.node import Node
 from smtpd.options import Options
@@ -155,8 +155,7 @@ def run_child(options: Options, config: Any) -> int:
     if delay:
         time.sleep(delay)
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = eventloop.new_event_loop()
     node = classes[name](options, config)
     loop.set_exception_handler(lambda lp, ctx: _fatal_handler(lp, {**ctx, "_node": node}))
     for item in os.environ.pop(FDS_ENV, "").split(","):

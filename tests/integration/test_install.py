@@ -269,10 +269,12 @@ def test_installed_service_receives_mail_on_port_25(layout: Layout, netns: str) 
         log.close()
 
     # Upgrade (docs/install.md section 10): a new venv swapped in, the admin's
-    # smtpd.conf kept, the commands still work.
+    # smtpd.conf kept, the commands still work; this one with the `fast` extra.
     edited = layout.conf.read_text()
-    again = make("install", layout)
+    again = make("install", layout, "EXTRAS=fast")
     assert again.returncode == 0, again.stderr
+    venv_python = layout.top / "usr/lib/pysmtpd/bin/python"
+    assert subprocess.run([str(venv_python), "-I", "-c", "import uvloop"]).returncode == 0
     assert f"kept {layout.conf}" in again.stdout and layout.conf.read_text() == edited
     assert not (layout.top / "usr/lib/pysmtpd.old").exists()
     check = subprocess.run([str(layout.sbin("smtpd")), "-n"], capture_output=True, text=True)
