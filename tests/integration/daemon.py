@@ -43,7 +43,12 @@ class Daemon:
         self.args = args
         # Never let a test daemon query the machine's resolver: only loopback
         # traffic is allowed here.  Tests that need DNS run a stub and set this.
-        self.env = {**os.environ, "PYSMTPD_RESOLVER": "127.0.0.1:9", **(env or {})}
+        # asyncio's loop, as a default install runs, though the test venv has
+        # uvloop: PYSMTPD_EVENT_LOOP=uvloop in pytest's environment runs the
+        # whole suite on uvloop instead (test_event_loop.py always does).
+        self.env = {**os.environ, "PYSMTPD_RESOLVER": "127.0.0.1:9",
+                    "PYSMTPD_EVENT_LOOP": os.environ.get("PYSMTPD_EVENT_LOOP", "asyncio"),
+                    **(env or {})}
         self.nofile = nofile  # RLIMIT_NOFILE for the daemon and its children
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
