@@ -21,11 +21,14 @@ latency of a transaction (MAIL to the 250 after the body); the p99 time from
 connect to the 220 greeting, retries included (a connection not greeted within
 --connect-timeout is dropped and opened again, counted in `retries`: OpenSMTPD
 listens with a backlog of 5, and on some kernels a handshake beyond it is never
-accepted); CPU seconds and the peak RSS summed over every process of the
-daemon (from /proc, including delivery processes, which the parent's
-cutime/cstime account for once reaped); and the ratio pysmtpd/OpenSMTPD from
-the same run.  Cells alternate the order of the servers, so that load from
-other work on the machine hits both.
+accepted); the p99 of what a client waits per message ("msg": from connect,
+retries included, to the 250 after the body; with --per-session above 1, from
+the previous 250); CPU seconds, and the peak RSS and PSS summed over every
+process of the daemon (from /proc, including delivery processes, which the
+parent's cutime/cstime account for once reaped; PSS shares a copy-on-write
+page among the processes that map it, where RSS counts it in each); and the
+ratio pysmtpd/OpenSMTPD from the same run.  Cells alternate the order of the
+servers, so that load from other work on the machine hits both.
 
 OpenSMTPD's resolver (libasr) asks DNS before /etc/hosts unless resolv.conf
 says `lookup file bind`; the namespace gets such a copy of resolv.conf so that
@@ -102,9 +105,11 @@ class Outcome:
     p50_ms: float
     p99_ms: float
     greet_p99_ms: float
+    whole_p99_ms: float  # connect to the 250: what a client waits per message
     retries: int
     cpu_s: float
     peak_rss: int
+    peak_pss: int
     failures: tuple[str, ...]
 
 
@@ -123,25 +128,34 @@ def tree(root: int) -> list[int]:
     return out
 
 
-def proc_figures(pid: int) -> tuple[float, int] | None:
+def proc_figures(pid: int) -> tuple[float, int, int] | None:
     """CPU seconds (utime+stime+cutime+cstime: reaped children count in their
-    parent) and RSS bytes of one process."""
+    parent), RSS bytes and PSS bytes of one process.  PSS divides each page
+    among the processes sharing it, so a sum over forked processes counts
+    copy-on-write pages once; RSS counts them in each."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+    pss = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+                break
     # fields[0] is stat field 3 (state): utime..cstime are 14..17, rss is 24
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK, int(fields[21]) * PAGE
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK, int(fields[21]) * PAGE, pss
 
 
 class Sampler:
     """Samples a daemon's process tree every `interval` s in a thread: total
-    CPU on demand, and the peak of the summed RSS since the last reset."""
+    CPU on demand, and the peaks of the summed RSS and PSS since the last reset."""
 
     def __init__(self, root: int, interval: float = 0.1) -> None:
         self.root = root
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -154,12 +168,13 @@ class Sampler:
     def cpu(self) -> float:
         figures = [f for f in map(proc_figures, tree(self.root)) if f is not None]
         with self._lock:
-            self.peak = max(self.peak, sum(rss for _, rss in figures))
-        return sum(cpu for cpu, _ in figures)
+            self.peak = max(self.peak, sum(rss for _, rss, _ in figures))
+            self.peak_pss = max(self.peak_pss, sum(pss for _, _, pss in figures))
+        return sum(cpu for cpu, _, _ in figures)
 
     def reset_peak(self) -> None:
         with self._lock:
-            self.peak = 0
+            self.peak = self.peak_pss = 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -336,6 +351,7 @@ async def reply(reader: asyncio.StreamReader, want: int) -> None:
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)  # MAIL to the final 250
+    whole: list[float] = field(default_factory=list)  # connect (or the last 250) to the 250
     greetings: list[float] = field(default_factory=list)  # connect to 220, retries included
     failures: list[str] = field(default_factory=list)
     retries: int = 0
@@ -365,6 +381,7 @@ async def session(port: int, message: bytes, count: int, tally: Tally,
         tally.greetings.append(time.perf_counter() - first)
         writer.write(b"EHLO client.test\r\n")
         await reply(reader, 250)
+        since = first  # the client's wait for each message: connecting, retries included
         for _ in range(count):
             t0 = time.perf_counter()
             for command, code in ((b"MAIL FROM:<bench@client.test>", 250),
@@ -374,7 +391,10 @@ async def session(port: int, message: bytes, count: int, tally: Tally,
                 await reply(reader, code)
             writer.write(message + b".\r\n")
             await reply(reader, 250)
-            tally.latencies.append(time.perf_counter() - t0)
+            done = time.perf_counter()
+            tally.latencies.append(done - t0)
+            tally.whole.append(done - since)
+            since = done
         writer.write(b"QUIT\r\n")
         await reply(reader, 221)
     finally:
@@ -437,8 +457,9 @@ def run_cell(daemon: Daemon, cell: Cell, n: int, per_session: int, timeout: floa
     deliver_s = time.perf_counter() - t0 if delivered >= len(tally.latencies) else float("inf")
     return Outcome(daemon.server, cell, n, len(tally.latencies), delivered, accept_s, deliver_s,
                    percentile_ms(tally.latencies, 0.5), percentile_ms(tally.latencies, 0.99),
-                   percentile_ms(tally.greetings, 0.99), tally.retries,
-                   daemon.sampler.cpu() - cpu0, daemon.sampler.peak, tuple(tally.failures))
+                   percentile_ms(tally.greetings, 0.99), percentile_ms(tally.whole, 0.99),
+                   tally.retries, daemon.sampler.cpu() - cpu0, daemon.sampler.peak,
+                   daemon.sampler.peak_pss, tuple(tally.failures))
 
 
 # -- the report -------------------------------------------------------------------------
@@ -450,9 +471,10 @@ def rate(count: int, seconds: float) -> float:
 def row(o: Outcome) -> list[str]:
     return [f"{o.cell.size // 1024} KB", str(o.cell.concurrency), o.server.value,
             f"{rate(o.accepted, o.accept_s):.1f}", f"{rate(o.delivered, o.deliver_s):.1f}",
-            f"{o.p50_ms:.1f}", f"{o.p99_ms:.1f}", f"{o.greet_p99_ms:.1f}", str(o.retries),
+            f"{o.p50_ms:.1f}", f"{o.p99_ms:.1f}", f"{o.greet_p99_ms:.1f}",
+            f"{o.whole_p99_ms:.1f}", str(o.retries),
             f"{o.cpu_s:.2f}", f"{1000 * o.cpu_s / max(1, o.accepted):.1f}",
-            f"{o.peak_rss / 2**20:.0f}",
+            f"{o.peak_rss / 2**20:.0f}", f"{o.peak_pss / 2**20:.0f}",
             f"{o.sent - o.accepted}" + (f" ({o.failures[0][:40]})" if o.failures else "")]
 
 
@@ -463,14 +485,15 @@ def ratio_row(py: Outcome, op: Outcome) -> list[str]:
             r(rate(py.accepted, py.accept_s), rate(op.accepted, op.accept_s)),
             r(rate(py.delivered, py.deliver_s), rate(op.delivered, op.deliver_s)),
             r(py.p50_ms, op.p50_ms), r(py.p99_ms, op.p99_ms),
-            r(py.greet_p99_ms, op.greet_p99_ms), "", r(py.cpu_s, op.cpu_s),
+            r(py.greet_p99_ms, op.greet_p99_ms), r(py.whole_p99_ms, op.whole_p99_ms), "",
+            r(py.cpu_s, op.cpu_s),
             r(py.cpu_s / max(1, py.accepted), op.cpu_s / max(1, op.accepted)),
-            r(py.peak_rss, op.peak_rss), ""]
+            r(py.peak_rss, op.peak_rss), r(py.peak_pss, op.peak_pss), ""]
 
 
 HEADER = ["size", "c", "server", "accepted msg/s", "delivered msg/s", "txn p50 ms",
-          "txn p99 ms", "220 p99 ms", "retries", "CPU s", "CPU ms/msg", "peak RSS MiB",
-          "failed"]
+          "txn p99 ms", "220 p99 ms", "msg p99 ms", "retries", "CPU s", "CPU ms/msg",
+          "peak RSS MiB", "peak PSS MiB", "failed"]
 
 
 def md(cells: list[str]) -> str:
