@@ -48,6 +48,7 @@ class Msg(enum.IntEnum):
     # start-up and supervision
     ANY_PROC_READY = 1
     ANY_STAT_UPDATE = 2
+    ANY_FRAGMENT = 3            # part of an imsg too large for one frame (smtpd/node.py)
     PARENT_LISTENER_SEND = 10
     PARENT_CONTROL_SOCKET_SEND = 11
     PARENT_FILTER_FD = 12       # a filter process's stdin/stdout socket, to smtp
@@ -117,6 +118,17 @@ class Empty:
 @dataclass(frozen=True, slots=True)
 class Ready:
     proc: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A slice of the encoded payload of one imsg of type `type` whose payload
+    does not fit a frame (a commit of 1,000 envelopes, an alias expanded to
+    a long list).  The slices follow each other on the channel; the last one
+    carries the fd, if any."""
+    type: int
+    part: bytes
+    last: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +353,8 @@ class CtlReply:
     reqid: int
     status: int
     lines: list[str]
-    done: bool
+    done: bool            # the last frame of this reply
+    more: bool = False    # a listing with more to come on "list-next" (show queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +386,7 @@ _C = frozenset({Proc.CONTROL})
 
 ROUTES: Final[dict[Msg, Route]] = {
     Msg.ANY_PROC_READY: Route(_ALL, _ALL, Ready),
+    Msg.ANY_FRAGMENT: Route(_ALL, _ALL, Fragment),
     Msg.ANY_STAT_UPDATE: Route(_ALL - {Proc.CONTROL}, frozenset({Proc.CONTROL}), StatUpdates),
     Msg.PARENT_LISTENER_SEND: Route(
         frozenset({Proc.PARENT}), frozenset({Proc.SMTP}), ListenerSend),

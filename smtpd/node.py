@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from imsg import Channel, Frame
+from imsg import MAX_PAYLOAD, Channel, Frame
 from smtpd import log
 from smtpd.msg import (
     PEERS,
     ROUTES,
     WITH_FD,
+    Fragment,
     LogVerbose,
     Msg,
     MsgError,
@@ -46,6 +47,10 @@ STAT_FLUSH_INTERVAL = 0.25
 _PROFILE_ALL = sum(int(p) for p in Profile)
 _NO_TRACE = Trace(0)
 _NO_PROFILE = Profile(0)
+# An encoded payload above MAX_PAYLOAD goes as ANY_FRAGMENT frames of this
+# much (room left for the Fragment's own msgpack framing), up to MAX_MESSAGE.
+FRAGMENT_PART = MAX_PAYLOAD - 64
+MAX_MESSAGE = 8 * 1024 * 1024
 
 
 class ProtocolBug(Exception):
@@ -67,6 +72,8 @@ class Node:
         self.ready_peers: set[Proc] = set()
         self.live = False
         self._held: list[tuple[Proc, Frame]] = []
+        # per peer: the type and the parts so far of an imsg arriving in fragments
+        self._partial: dict[Proc, tuple[int, bytearray]] = {}
         self.loop = asyncio.get_event_loop()
         self.stats = StatCollector(self._schedule_stat_flush)
         self._imsg_stats_last: dict[str, int] = {}
@@ -141,7 +148,20 @@ class Node:
             raise ValueError(f"{self.name} may not send {msg.name} to {peer}")
         if not isinstance(payload, route.payload):
             raise TypeError(f"{msg.name} takes {route.payload.__name__}")
-        self.channels[peer].send(int(msg), encode(payload), fd=fd, peerid=peerid)
+        data = encode(payload)
+        channel = self.channels[peer]
+        if len(data) <= MAX_PAYLOAD:
+            channel.send(int(msg), data, fd=fd, peerid=peerid)
+            return
+        # Too large for one frame (OpenSMTPD's 16 KiB imsg limit): consecutive
+        # fragments on this channel, reassembled by the peer's _on_frame.
+        if len(data) > MAX_MESSAGE:
+            raise ValueError(f"{msg.name}: {len(data)} bytes exceeds {MAX_MESSAGE}")
+        for start in range(0, len(data), FRAGMENT_PART):
+            last = start + FRAGMENT_PART >= len(data)
+            part = Fragment(int(msg), data[start:start + FRAGMENT_PART], last)
+            channel.send(int(Msg.ANY_FRAGMENT), encode(part), fd=fd if last else None,
+                         peerid=peerid)
 
     def start_channels(self) -> None:
         for chan in self.channels.values():
@@ -154,6 +174,11 @@ class Node:
     def _on_frame(self, peer: Proc, frame: Frame) -> None:
         try:
             msg = check_route(frame.type, peer, self.name)
+            if msg is Msg.ANY_FRAGMENT:
+                whole = self._reassemble(peer, frame)
+                if whole is None:
+                    return
+                frame, msg = whole, check_route(whole.type, peer, self.name)
             if msg is Msg.ANY_PROC_READY:
                 self._peer_ready(peer, decode(msg, frame.data))
                 return
@@ -167,6 +192,26 @@ class Node:
             if frame.fd is not None:
                 os.close(frame.fd)
             self.fatal_bug(peer, frame.type, str(exc))
+
+    def _reassemble(self, peer: Proc, frame: Frame) -> Frame | None:
+        """Add a fragment; the whole imsg once its last part is in."""
+        part = decode(Msg.ANY_FRAGMENT, frame.data)
+        assert isinstance(part, Fragment)
+        if part.type in (Msg.ANY_FRAGMENT, Msg.ANY_PROC_READY):
+            raise MsgError(f"fragmented {part.type} from {peer}")
+        check_route(part.type, peer, self.name)
+        kind, data = self._partial.setdefault(peer, (part.type, bytearray()))
+        if kind != part.type:
+            raise MsgError(f"fragment of {part.type} from {peer} inside one of {kind}")
+        if frame.fd is not None and not part.last:
+            raise MsgError(f"fd on a fragment of {part.type} from {peer} before its last")
+        data += part.part
+        if len(data) > MAX_MESSAGE:
+            raise MsgError(f"fragmented {part.type} from {peer} exceeds {MAX_MESSAGE} bytes")
+        if not part.last:
+            return None
+        del self._partial[peer]
+        return Frame(part.type, bytes(data), frame.peerid, frame.pid, frame.fd)
 
     def _dispatch(self, peer: Proc, msg: Msg, frame: Frame) -> None:
         handler = self.handlers.get((peer, msg))
