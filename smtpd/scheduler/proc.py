@@ -11,7 +11,16 @@ import asyncio
 import time
 
 from imsg import Frame
-from smtpd.msg import CtlReply, CtlRequest, DeliveryResult, Evpids, MessageSchedule, Msg, Proc
+from smtpd.msg import (
+    CtlReply,
+    CtlRequest,
+    DeliveryResult,
+    Evpids,
+    MessageSchedule,
+    Msg,
+    Proc,
+    chunk_lines,
+)
 from smtpd.proc import Child
 from smtpd.queue.envelope import DeliveryType
 from smtpd.scheduler.front import Scheduler
@@ -24,7 +33,7 @@ _BATCH_MSG = {BatchKind.SCHEDULE: Msg.SCHEDULER_ENVELOPE_DELIVER,
               BatchKind.REMOVE: Msg.SCHEDULER_ENVELOPE_REMOVE,
               BatchKind.DELAY: Msg.SCHEDULER_ENVELOPE_WARN}
 MAX_BATCHES_PER_RUN = 50   # then yield to the loop; more work is picked up next turn
-LIST_CHUNK = 200
+STATES_MAX_MESSAGES = 1000  # messages per `states` request (a page of show queue)
 
 
 def parse_info(item: list[int | str]) -> SchedulerInfo:
@@ -101,12 +110,16 @@ class SchedulerProcess(Child):
     # -- from the queue -----------------------------------------------------------
 
     def _on_schedule(self, req: MessageSchedule, _frame: Frame) -> None:
+        # A message of many recipients arrives in several frames (the queue
+        # sends SCHEDULE_BATCH infos per frame): each envelope is checked on
+        # its own, not by its message, or those after the first frame would
+        # be taken as known and never delivered.
         inserted = 0
         for item in req.infos:
             info = parse_info(item)
             if info.evpid >> 32 != req.msgid:
                 raise SchedulerError(f"envelope {info.evpid:016x} not of {req.msgid:08x}")
-            if not self.sched.backend.query(info.evpid):
+            if not self.sched.backend.has_envelope(info.evpid):
                 self.sched.submit(info)
                 inserted += 1
         if inserted:
@@ -169,22 +182,23 @@ class SchedulerProcess(Child):
             if n:
                 self.log.info("info: %d envelope%s %s by smtpctl", n, "s" if n > 1 else "", word)
             self._reply(req.reqid, 0, [f"{n} envelope{'s' if n > 1 else ''} {word}"])
-        elif verb == "list":
-            self._list(req.reqid)
+        elif verb == "states":
+            self._states(req.reqid, args)
         else:
             self._reply(req.reqid, 1, [f"smtpctl: unknown scheduler request {verb}"])
         self._kick()
 
-    def _list(self, reqid: int) -> None:
-        """Every envelope's run state as "evpid|runstate|time|status", in chunks."""
-        cursor = 0
+    def _states(self, reqid: int, msgids: list[str]) -> None:
+        """The run state of each envelope of the given messages (hex msgids),
+        as "evpid|runstate|time|status": `show queue` asks for one page of
+        the queue's listing at a time, so nothing here grows with the queue."""
         lines: list[str] = []
-        while msgids := self.sched.messages(cursor, LIST_CHUNK):
-            for msgid in msgids:
-                lines += [f"{s.evpid:016x}|{s.runstate}|{s.time}|{','.join(s.status)}"
-                          for s in self.sched.envelopes(msgid << 32, 1 << 32)]
-                if len(lines) >= LIST_CHUNK:
-                    self._reply(reqid, 0, lines, done=False)
-                    lines = []
-            cursor = msgids[-1] + 1
-        self._reply(reqid, 0, lines, done=True)
+        for text in msgids[:STATES_MAX_MESSAGES]:
+            try:
+                msgid = int(text, 16)
+            except ValueError:
+                continue
+            lines += [f"{s.evpid:016x}|{s.runstate}|{s.time}|{','.join(s.status)}"
+                      for s in self.sched.envelopes(msgid << 32, 1 << 32)]
+        for chunk, last in chunk_lines(lines):
+            self._reply(reqid, 0, chunk, done=last)

@@ -376,6 +376,10 @@ class RamQueue(EnvelopeSlots):
         """Is this msgid (or the message of this evpid) committed here?"""
         return (ident >> 32 if ident > MSGID_MAX else ident) in self._msgmap
 
+    def has_envelope(self, evpid: int) -> bool:
+        """Is this very envelope here (incoming or committed)?"""
+        return evpid in self._evpmap
+
     def __len__(self) -> int:
         return len(self._evpmap)
 

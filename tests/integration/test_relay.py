@@ -150,3 +150,33 @@ def test_relay_rate_per_destination_domain(workdir: Path, sink: ThreadedSink) ->
         assert len(queued) == 1 and "451 4.7.1 Rate limit for remote.test" in queued[0]
     finally:
         d.kill_group()
+
+
+def test_hundreds_of_recipients_relayed_fresh_and_after_a_restart(workdir: Path,
+                                                                  sink: ThreadedSink) -> None:
+    """A commit, a schedule and a transfer of 450 envelopes each exceed one
+    16 KiB imsg (ANY_FRAGMENT, smtpd/node.py) and one schedule frame of 200
+    infos (the scheduler checks each envelope, not its message): every
+    recipient is delivered once, from a fresh commit and from the spool."""
+    rcpts = [[f"r{m}-{i}@remote.test" for i in range(450)] for m in range(2)]
+    conf = relay_config(workdir, f"host smtp://127.0.0.1:{sink.port}")
+    d = Daemon(workdir, conf, args=("-P", "mta")).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+            s.sendmail("root@localhost", rcpts[0], b"Subject: many, from the spool\r\n\r\nx\r\n")
+        d.wait_for("envelopes loaded from the spool")
+    finally:
+        d.stop()
+    d = Daemon(workdir, conf).start()  # the same spool: loaded at start
+    try:
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+            s.sendmail("root@localhost", rcpts[1], b"Subject: many, fresh\r\n\r\nx\r\n")
+
+        def delivered() -> list[str]:
+            return [r for m in list(sink.sink.messages) for r in m.recipients]
+        wait_for(lambda: len(delivered()) >= 900, timeout=60)
+        got = delivered()
+        assert sorted(got) == sorted(rcpts[0] + rcpts[1])  # each once
+        assert d.stats()["scheduler.envelope"] == "0"
+    finally:
+        d.kill_group()
