@@ -129,17 +129,18 @@ class ControlClient:
 
 
 def run_and_print(client: ControlClient, words: list[str]) -> int:
-    """Run one command, print its output as smtpctl does, return the status.
-    Closes the client."""
+    """Run one command, print its output as it arrives (a `show queue` of a
+    million envelopes streams), return the status.  Closes the client."""
+    status = 1
     try:
-        status, out, err = client.run(words)
+        for item in client.command(words):
+            if isinstance(item, int):
+                status = item
+            else:
+                print(item[1], file=sys.stderr if item[0] else sys.stdout)
     except ControlError as exc:
         print(exc, file=sys.stderr)
         return 1
     finally:
         client.close()
-    for line in out:
-        print(line)
-    for line in err:
-        print(line, file=sys.stderr)
     return status

@@ -20,6 +20,7 @@ from typing import Any
 
 from imsg import Channel, Frame
 from smtpctl.grammar import Command, GrammarError, parse
+from smtpd.control.listing import QueueListing
 from smtpd.msg import (
     CHILDREN,
     PROTOCOL_VERSION,
@@ -68,6 +69,9 @@ class PendingRequest:
     on_done: Callable[[int, list[str]], None]
     status: int = 0
     lines: list[str] = field(default_factory=list)
+    # a page of a listing: on_page(status, lines, more) instead of on_done
+    on_page: Callable[[int, list[str], bool], None] | None = None
+    on_gone: Callable[[], None] | None = None  # the answer came after the client left
 
 
 class ClientSession:
@@ -113,9 +117,16 @@ class ClientSession:
         self.control.run_command(self, command)
 
     def reply(self, lines: list[str], status: int = 0, stderr: bool = False) -> None:
+        self.send_lines(lines, stderr)
+        self.done(status)
+
+    def send_lines(self, lines: list[str], stderr: bool = False) -> None:
+        """Output lines; more may follow (a streamed listing), then done()."""
         for chunk, _last in chunk_lines(lines):
             if chunk:
                 self.channel.send(int(Msg.CTL_CLIENT_LINES), encode(ClientLines(chunk, stderr)))
+
+    def done(self, status: int) -> None:
         self.channel.send(int(Msg.CTL_CLIENT_DONE), encode(ClientDone(status)))
 
     def drop(self, reason: str) -> None:
@@ -343,15 +354,40 @@ class ControlProcess(Child):
 
     def _ask(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
              on_done: Callable[[int, list[str]], None]) -> None:
+        self._request(peer, verb, args, PendingRequest(client, on_done))
+
+    def ask(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
+            on_done: Callable[[int, list[str]], None]) -> None:
+        """Ask `peer`; on_done(status, lines) once its whole answer is in,
+        if the client is still there."""
+        self._ask(peer, verb, args, client, on_done)
+
+    def ask_page(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
+                 on_page: Callable[[int, list[str], bool], None],
+                 on_gone: Callable[[], None]) -> int:
+        """Ask for one page of a listing (smtpd/control/listing.py): on_page
+        (status, lines, more), or on_gone() if the client left meanwhile.
+        Returns the request's id."""
+        return self._request(peer, verb, args, PendingRequest(
+            client, lambda _status, _lines: None, on_page=on_page, on_gone=on_gone))
+
+    def send_queue_request(self, verb: str, args: list[str]) -> None:
+        """A request whose answer nobody waits for (list-stop)."""
         reqid = self.next_reqid
         self.next_reqid += 1
-        self.requests[reqid] = PendingRequest(client, on_done)
+        self.send(Proc.QUEUE, Msg.CTL_QUEUE_REQUEST, CtlRequest(reqid, verb, args))
+
+    def _request(self, peer: Proc, verb: str, args: list[str], pending: PendingRequest) -> int:
+        reqid = self.next_reqid
+        self.next_reqid += 1
+        self.requests[reqid] = pending
         if peer is Proc.PARENT:  # the only request the parent takes: reload
             self.send(peer, Msg.CTL_RELOAD, Request(reqid))
-            return
+            return reqid
         msg = {Proc.SCHEDULER: Msg.CTL_SCHEDULER_REQUEST, Proc.QUEUE: Msg.CTL_QUEUE_REQUEST,
                Proc.LOOKUP: Msg.CTL_LOOKUP_REQUEST, Proc.SMTP: Msg.CTL_SMTP_REQUEST}[peer]
         self.send(peer, msg, CtlRequest(reqid, verb, args))
+        return reqid
 
     def _on_ctl_reply(self, payload: CtlReply, _frame: Frame) -> None:
         pending = self.requests.get(payload.reqid)
@@ -361,7 +397,12 @@ class ControlProcess(Child):
         pending.status = max(pending.status, payload.status)
         if payload.done:
             del self.requests[payload.reqid]
-            if pending.client in self.clients:
+            if pending.client not in self.clients:
+                if pending.on_gone is not None:
+                    pending.on_gone()
+            elif pending.on_page is not None:
+                pending.on_page(pending.status, pending.lines, payload.more)
+            else:
                 pending.on_done(pending.status, pending.lines)
 
     def _relay(self, client: ClientSession, peer: Proc, verb: str, *args: str) -> None:
@@ -452,30 +493,9 @@ class ControlProcess(Child):
         self._relay(client, Proc.LOOKUP, "update-table", name)
 
     def cmd_show_queue(self, client: ClientSession) -> None:
-        """The queue's envelopes with the scheduler's run state merged in."""
-        def with_states(status: int, state_lines: list[str]) -> None:
-            states = {}
-            for line in state_lines:
-                evpid, runstate, when, status_words = line.split("|")
-                states[evpid] = (runstate, int(when), status_words)
-
-            def merged(status: int, lines: list[str]) -> None:
-                now = int(time.time())
-                out = []
-                for line in lines:
-                    fields = line.split("|", 13)
-                    state = states.get(fields[0])
-                    if state is not None and len(fields) == 14:
-                        # smtpctl.c show_queue_envelope(): "pending|<nexttry - now>",
-                        # "inflight|<now - since>", scheduler flags after the queue's
-                        runstate, when, status_words = state
-                        fields[11] = runstate
-                        fields[12] = str(when - now if runstate == "pending" else now - when)
-                        fields[3] = ",".join(filter(None, [fields[3], status_words]))
-                    out.append("|".join(fields))
-                client.reply(out, status=status, stderr=status != 0)
-            self._ask(Proc.QUEUE, "list", [], client, merged)
-        self._ask(Proc.SCHEDULER, "list", [], client, with_states)
+        """The queue's envelopes with the scheduler's run state merged in,
+        streamed a page at a time (smtpd/control/listing.py)."""
+        QueueListing(self, client).start()
 
     def cmd_monitor(self, client: ClientSession) -> None:
         client.reply(self.stat_lines())

@@ -60,6 +60,7 @@ from smtpd.queue.envelope import (
 )
 from smtpd.queue.errors import LeaseLost, NotFound, QueueCorrupt, QueueError
 from smtpd.queue.front import QueueFront
+from smtpd.queue.listing import Listings
 from smtpd.queue.show import queue_line
 
 TEMPFAIL = "451 4.3.0 Temporary failure"
@@ -134,6 +135,7 @@ class QueueProcess(Child):
         h(Proc.SMTP, Msg.SMTP_MTA_RESULT, self._on_mta_result)
         self.transfers: dict[int, list[int]] = {}   # reqid -> evpids being relayed
         self.commit_batch: list[tuple[MessageCommit, list[int]]] = []
+        self.listings = Listings()  # `show queue` walks in progress
         # delivered envelopes waiting for this loop iteration's batched delete
         self.delete_batch: list[tuple[Envelope, str]] = []
         h(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._on_bounce_route)
@@ -543,20 +545,44 @@ class QueueProcess(Child):
     # -- smtpctl ------------------------------------------------------------------
 
     def _on_ctl(self, req: CtlRequest, _frame: Frame) -> None:
+        more = False
         try:
-            lines, status = self._ctl_lines(req)
+            if req.verb in ("list", "list-next", "list-stop"):
+                lines, status, more = self._listing_page(req)
+            else:
+                lines, status = self._ctl_lines(req)
         except (OSError, QueueError) as exc:
             lines, status = [f"smtpctl: {exc}"], 1
-        self._ctl_send(req.reqid, status, lines)
+        self._ctl_send(req.reqid, status, lines, more)
 
-    def _ctl_send(self, reqid: int, status: int, lines: list[str]) -> None:
+    def _ctl_send(self, reqid: int, status: int, lines: list[str], more: bool = False) -> None:
         for chunk, last in chunk_lines(lines):
-            self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY, CtlReply(reqid, status, chunk, last))
+            self.send(Proc.CONTROL, Msg.QUEUE_CTL_REPLY,
+                      CtlReply(reqid, status, chunk, last, more))
+
+    def _listing_page(self, req: CtlRequest) -> tuple[list[str], int, bool]:
+        """`show queue` a page at a time (smtpd/control/listing.py): "list"
+        opens a walk named by its request id, "list-next <id>" continues it,
+        "list-stop <id>" drops it.  (lines, status, more)."""
+        if req.verb == "list":
+            walk = req.reqid
+            self.listings.open(walk, self.front.walk())
+        else:
+            try:
+                walk = int(req.args[0])
+            except (IndexError, ValueError):
+                return ["smtpctl: bad listing request"], 1, False
+            if req.verb == "list-stop":
+                self.listings.close(walk)
+                return [], 0, False
+        page = self.listings.page(walk)
+        if page is None:
+            return ["smtpctl: the listing was dropped (idle, or too many at once)"], 1, False
+        envs, more = page
+        return [self._queue_line(env) for env in envs], 0, more
 
     def _ctl_lines(self, req: CtlRequest) -> tuple[list[str], int]:
         match req.verb:
-            case "list":
-                return [self._queue_line(env) for env in self.front.walk()], 0
             case "envelope":
                 env = self._load(int(req.args[0], 16))
                 if env is None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import basic_config
+from smtpctl.client import ControlClient
+from smtpd.queue.listing import PAGE
+from tests.integration.conftest import basic_config, free_port
 from tests.integration.daemon import Daemon
 from tests.integration.queue_helpers import (
     QueueLine,
@@ -192,3 +194,37 @@ def test_show_envelope_and_message(paused: Daemon) -> None:
 
     out = d.smtpctl("show", "envelope", "0123456789abcdef")
     assert out.returncode != 0
+
+
+def test_show_queue_streams_a_queue_of_several_pages(workdir: Path) -> None:
+    """More envelopes than a page of the streamed listing (smtpd/queue/listing.py
+    PAGE): each shown once with the scheduler's state of its own page, and a
+    client that leaves mid-listing disturbs nothing."""
+    conf = (f"listen on 127.0.0.1 port {free_port()}\n"
+            'action "out" relay\nmatch from any for domain "example.net" action "out"\n')
+    d = start(Daemon(workdir, conf, args=("-P", "mta")))  # nothing leaves the queue
+    try:
+        per_message, messages = 400, 3
+        assert per_message * messages > 2 * PAGE
+        for m in range(messages):
+            rcpts = [f"user{m}-{i}@example.net" for i in range(per_message)]
+            send(d.port, "sender@client.test", rcpts, f"Subject: {m}\n\nx\n")
+        lines = _queued(d, per_message * messages)
+        assert len({q.evpid for q in lines}) == len(lines)
+        assert {q.type for q in lines} == {"mta"} and {q.runstate for q in lines} == {"pending"}
+        # a state from the scheduler on the last page is merged in too
+        last = sorted(q.evpid for q in lines)[-1]
+        assert d.smtpctl("pause", "envelope", last).returncode == 0
+        by_evpid = {q.evpid: q for q in show_queue(d)}
+        assert "suspend" in by_evpid[last].flags.split(",")
+
+        client = ControlClient(str(d.socket))
+        try:
+            first = [item for _, item in zip(range(5), client.command(["show", "queue"]),
+                                             strict=False)]
+            assert len(first) == 5 and all(isinstance(x, tuple) for x in first)
+        finally:
+            client.close()  # gone after the first page: the queue drops the walk
+        assert len(show_queue(d)) == per_message * messages
+    finally:
+        d.kill_group()
