@@ -65,6 +65,11 @@ def test_counters_profile_history_prometheus(workdir: Path) -> None:
                          "mda.envelope": 0}, moved
         for key in IDLE_ZERO[:-1]:  # mta.task.running appears with the first relay
             assert key in after and num(after, key) == 0, key
+        # group commits and batched removals run outside imsg dispatch: timed alone
+        commits = num(after, "queue.commit.batch") - num(before, "queue.commit.batch")
+        assert num(after, "queue.commit.flush.count") == num(after, "queue.commit.batch")
+        assert 1 <= commits <= 5  # 4 messages and the bounce, some maybe together
+        assert num(after, "queue.delete.flush.count") == num(after, "queue.delete.batch") >= 1
 
         # profiling: the types that ran, with their counts
         profile = d.smtpctl("show", "profile")
