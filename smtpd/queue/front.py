@@ -132,6 +132,13 @@ class QueueFront:
         self._incoming = self.spool / "incoming"
         self._temporary = self.spool / "temporary"
         self._purge = self.spool / "purge"
+        # Commit by renaming incoming/<msgid>/ into the queue when the backend
+        # can (fs, on the same filesystem as our incoming/).
+        can_adopt = getattr(backend, "can_adopt", None)
+        self._adopt: Callable[[list[tuple[int, Path, list[tuple[Kind, int, BlobSource]]]]],
+                              None] | None = (
+            backend.adopt_many  # type: ignore[attr-defined]
+            if not readonly and can_adopt is not None and can_adopt(self._incoming) else None)
         self.compression = compression
         self._cache = EnvelopeCache(cache_size)
         self._pending: dict[int, list[Envelope]] = {}
@@ -273,15 +280,19 @@ class QueueFront:
         self, msgids: Sequence[int]
     ) -> list[tuple[int, list[Envelope] | Exception]]:
         """Group commit: several messages made durable together, sharing the
-        filesystem's journal commits (one put_many for all their files).
+        filesystem's journal commits.
 
-        Each message's envelopes are installed before its message blob (the
-        commit point), so a crash part-way leaves only what recover() drops.
-        Returns, per msgid, its committed envelopes or the error that kept it
-        out (the caller rolls those back).  A storage error while installing
-        fails every message of the batch: none of them was acknowledged."""
+        With the fs backend on the spool's filesystem, each message's
+        incoming/<msgid>/ directory receives its envelopes and is renamed
+        into the queue whole (FsBackend.adopt_many, upstream's commit): the
+        rename is the commit point.  Other backends get one put_many, each
+        message's envelopes before its message blob (the commit point), so
+        a crash part-way leaves only what recover() drops.  Returns, per
+        msgid, its committed envelopes or the error that kept it out (the
+        caller rolls those back).  A storage error while installing fails
+        every message of the batch: none of them was acknowledged."""
         results: list[tuple[int, list[Envelope] | Exception]] = []
-        items: list[tuple[Kind, int, BlobSource]] = []
+        staged: list[tuple[int, Path, list[tuple[Kind, int, BlobSource]]]] = []
         sources: list[BinaryIO] = []
         batch: list[tuple[int, list[Envelope]]] = []
         try:
@@ -294,22 +305,18 @@ class QueueFront:
                 except QueueError as exc:
                     results.append((msgid, exc))
                     continue
-                items += [(Kind.ENVELOPE, env.evpid,
-                           self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
-                          for env in envs]
+                items: list[tuple[Kind, int, BlobSource]] = [
+                    (Kind.ENVELOPE, env.evpid,
+                     self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
+                    for env in envs]
                 items.append((Kind.MESSAGE, msgid, message))
+                staged.append((msgid, self._incoming / f"{msgid:08x}", items))
                 batch.append((msgid, envs))
-            if items:
+            if staged:
                 try:
-                    self.backend.put_many(items)
+                    self._install(staged)
                 except OSError as exc:
-                    for msgid, envs in batch:
-                        for env in envs:
-                            with contextlib.suppress(Exception):
-                                self.backend.delete(Kind.ENVELOPE, env.evpid)
-                        with contextlib.suppress(Exception):
-                            self.backend.delete(Kind.MESSAGE, msgid)
-                        results.append((msgid, exc))
+                    results += [(msgid, exc) for msgid, _envs in batch]
                     return results
         finally:
             for opened in sources:
@@ -318,9 +325,25 @@ class QueueFront:
             del self._pending[msgid]
             for env in envs:
                 self._cache.put(env)
-            remove_tree(self._incoming / f"{msgid:08x}", self._purge)
+            if self._adopt is None:
+                remove_tree(self._incoming / f"{msgid:08x}", self._purge)
             results.append((msgid, sorted(envs, key=lambda e: e.evpid)))
         return results
+
+    def _install(self, staged: list[tuple[int, Path, list[tuple[Kind, int, BlobSource]]]]
+                 ) -> None:
+        """Store the staged messages durably, or raise with none of them stored."""
+        if self._adopt is not None:
+            self._adopt(staged)
+            return
+        try:
+            self.backend.put_many([item for _msgid, _dir, items in staged for item in items])
+        except OSError:
+            for _msgid, _dir, items in staged:
+                for kind, oid, _data in items:
+                    with contextlib.suppress(Exception):
+                        self.backend.delete(kind, oid)
+            raise
 
     def _message_source(self, msgid: int, opened: list[BinaryIO]) -> BlobSource:
         """What to store for an incoming message: the received file itself

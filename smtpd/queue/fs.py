@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterable, Iterator
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,11 +20,13 @@ from smtpd.queue.blob import BlobNotFound, BlobSource, Kind, SpoolFile, iter_sou
 from smtpd.queue.spool import (
     fsync_dir,
     install_durable,
+    make_dir_durable,
     prepare_spool,
     rmdir_if_empty,
     sync_files,
     unlink_durable,
     write_durable,
+    write_file,
     write_temp,
 )
 
@@ -114,6 +117,62 @@ class FsBackend:
             raise
         install_durable(moves, self.root)
         return sizes
+
+    def adopt_many(self, staged: Sequence[tuple[int, Path, list[tuple[Kind, int, BlobSource]]]]
+                   ) -> None:
+        """Commit whole messages by renaming their directory into the queue,
+        as upstream's queue_fs_message_commit: no directory is made per
+        message (but a new bucket), no file is copied or renamed one by one.
+
+        Each (msgid, directory, items): `directory` is on the spool's
+        filesystem and not in the queue (incoming/<msgid>); the items are the
+        message's blobs.  A SpoolFile already in it under its layout name
+        (the received message) stays; the others are written into it.  Then
+        every file and the directory are fsynced, the directory becomes
+        queue/<bb>/<msgid> and each bucket is fsynced.  Durable when it
+        returns.  On error it raises, and no message of the batch is left in
+        the queue (the caller rolls the directories back)."""
+        written: list[Path] = []
+        replaced: list[tuple[Path, Path]] = []
+        for msgid, directory, items in staged:
+            for kind, oid, data in items:
+                if kind not in (Kind.MESSAGE, Kind.ENVELOPE) or (oid >> 32 if kind is
+                                                               Kind.ENVELOPE else oid) != msgid:
+                    raise ValueError(f"{kind} {oid:x} is not a blob of message {msgid:08x}")
+                name = self.path(kind, oid).name
+                if isinstance(data, SpoolFile) and data.path == directory / name:
+                    written.append(data.path)
+                    continue
+                # a name not taken yet: the received message may still sit at `name`
+                path = directory / (name + ".new" if kind is Kind.MESSAGE else name)
+                write_file(path, iter_source(data))
+                written.append(path)
+                if kind is Kind.MESSAGE:
+                    replaced.append((path, directory / name))
+        sync_files(written)
+        for new, final in replaced:
+            os.rename(new, final)
+        moves = [(directory, self._msg_dir(Kind.MESSAGE, msgid)) for msgid, directory, _ in staged]
+        for directory, _target in moves:
+            fsync_dir(directory)
+        for _directory, target in moves:
+            make_dir_durable(target.parent, self._queue)
+        done: list[Path] = []
+        try:
+            for directory, target in moves:
+                os.rename(directory, target)
+                done.append(target)
+            for bucket in dict.fromkeys(target.parent for _d, target in moves):
+                fsync_dir(bucket)
+        except BaseException:
+            for target in done:  # never acknowledged: out of the queue again
+                shutil.rmtree(target, ignore_errors=True)
+            raise
+
+    def can_adopt(self, directory: Path) -> bool:
+        """Whether adopt_many can rename directories from `directory` (the
+        front's incoming/) into the queue: the same filesystem."""
+        return self._same_filesystem(directory)
 
     def _same_filesystem(self, path: Path) -> bool:
         try:

@@ -80,7 +80,13 @@ def write_temp(chunks: Iterable[bytes], tmpdir: Path, *, sync: bool = True) -> t
     """Write ``chunks`` to a new file in ``tmpdir``: (path, size); fsynced
     unless ``sync`` is False (the caller then calls sync_files())."""
     tmp = tmpdir / f"put.{secrets.token_hex(8)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    return tmp, write_file(tmp, chunks, sync=sync)
+
+
+def write_file(path: Path, chunks: Iterable[bytes], *, sync: bool = False) -> int:
+    """Create ``path`` (it must not exist) with ``chunks``; its size.  Not
+    fsynced unless ``sync``: the caller syncs a batch (sync_files())."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     size = 0
     try:
         with os.fdopen(fd, "wb", closefd=True) as f:
@@ -92,9 +98,9 @@ def write_temp(chunks: Iterable[bytes], tmpdir: Path, *, sync: bool = True) -> t
                 os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(path)
         raise
-    return tmp, size
+    return size
 
 
 def sync_files(paths: Iterable[Path]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from smtpd.crypto.stream import CHUNK_SIZE
+from smtpd.queue import fs as fs_module
 from smtpd.queue.backend import BACKENDS, Kind, QueueBackend, make_backend
 from smtpd.queue.envelope import DeliveryType, Envelope, EnvelopeFlag
 from smtpd.queue.errors import KeyUnavailable, NotFound, QueueCorrupt, QueueError, WrongKey
@@ -249,6 +250,65 @@ def test_a_plain_message_is_moved_in_and_handed_out_as_stored(
         os.close(fd)
 
 
+@pytest.mark.parametrize("compression", [False, True])
+def test_fs_commit_renames_the_incoming_directory(tmp_path: Path, compression: bool) -> None:
+    spool = tmp_path / "spool"
+    backend = FsBackend(spool)
+    front = QueueFront(backend, spool=spool, compression=compression, kdf_n=KDF_N)
+    msgids, inodes = [], []
+    for n in range(3):
+        msgid = front.message_create()
+        with os.fdopen(front.message_fd(msgid), "wb") as f:
+            f.write(b"Received: x\n\nmessage %d\n" % n)
+        front.envelope_create(msgid, make_env())
+        msgids.append(msgid)
+        inodes.append(os.stat(spool / "incoming" / f"{msgid:08x}").st_ino)
+    results = front.message_commit_many(msgids)
+    assert [m for m, r in results if isinstance(r, list)] == msgids
+    for n, (msgid, inode) in enumerate(zip(msgids, inodes, strict=True)):
+        mdir = backend.path(Kind.MESSAGE, msgid).parent
+        assert os.stat(mdir).st_ino == inode  # the same directory, renamed
+        names = sorted(os.listdir(mdir))
+        assert len(names) == 2 and "message" in names  # no .new left behind
+        with front.message_open(msgid) as src:
+            assert src.read() == b"Received: x\n\nmessage %d\n" % n
+        head = backend.path(Kind.MESSAGE, msgid).read_bytes()[:2]
+        assert (head == b"\x1f\x8b") is compression
+    assert os.listdir(spool / "incoming") == []
+
+
+def test_fs_adopt_failing_half_way_leaves_no_message_in_the_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "spool"
+    backend = FsBackend(spool)
+    front = QueueFront(backend, spool=spool, kdf_n=KDF_N)
+    msgids = []
+    for _ in range(3):
+        msgid = front.message_create()
+        os.close(front.message_fd(msgid))
+        front.envelope_create(msgid, make_env())
+        msgids.append(msgid)
+    real_rename = os.rename
+    renamed: list[str] = []
+
+    def rename(src: str, dst: str) -> None:
+        if Path(dst).parent.parent.name == "queue" and renamed:
+            raise OSError(28, "No space left on device")
+        real_rename(src, dst)
+        renamed.append(str(dst))
+
+    monkeypatch.setattr(fs_module.os, "rename", rename)
+    results = front.message_commit_many(msgids)
+    monkeypatch.undo()
+    assert renamed and all(isinstance(r, OSError) for _m, r in results)
+    assert list(front.walk()) == [] and list(backend.list(Kind.MESSAGE)) == []
+    for msgid in msgids:
+        front.message_rollback(msgid)
+    assert os.listdir(spool / "incoming") == []
+    with pytest.raises(ValueError, match="not a blob of message"):
+        backend.adopt_many([(1, spool / "incoming", [(Kind.ENVELOPE, (2 << 32) | 1, b"x")])])
+
+
 def test_envelope_delete_many_takes_emptied_messages_along(factory: Factory) -> None:
     front = factory()
     m1, (a1, a2) = submit(front, b"Received: x\n\none\n")
@@ -480,7 +540,17 @@ def test_commit_failure_leaves_nothing_behind(factory: Factory,
             sizes.append(real_put(kind, oid, data))  # type: ignore[arg-type]
         return sizes
 
-    monkeypatch.setattr(front.backend, "put_many", put_many)
+    def fsync_dir(path: Path) -> None:
+        # the directory is in the queue already when its bucket cannot be synced
+        if path.parent.name == "queue":
+            raise OSError(28, "No space left on device")
+        real_fsync_dir(path)
+
+    if isinstance(front.backend, FsBackend):  # commits by renaming incoming/<msgid>/
+        real_fsync_dir = fs_module.fsync_dir
+        monkeypatch.setattr(fs_module, "fsync_dir", fsync_dir)
+    else:
+        monkeypatch.setattr(front.backend, "put_many", put_many)
     with pytest.raises(OSError, match="No space"):
         front.message_commit(msgid)
     assert list(front.backend.list(Kind.ENVELOPE)) == []
