@@ -37,6 +37,11 @@ _ATEXT = frozenset(
 _LOCAL_CHARS = _ATEXT | {"."}
 _KEYWORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 _XTEXT_HEX_RE = re.compile(r"\+([0-9A-F]{2})")
+# A domain label's characters: ASCII letters and digits, '-', and '_' (not in
+# RFC 1035 host names, but in real HELO names and domains; upstream accepts
+# them too); anything non-ASCII only matters with SMTPUTF8, which the caller
+# checks.
+_LABEL_CHARS = re.compile("[0-9A-Za-z_\\-\u0080-\U0010ffff]+")
 
 
 class AddressError(ValueError):
@@ -123,13 +128,6 @@ def quote_local(local: str) -> str:
     return f'"{escaped}"'
 
 
-def _is_label_char(c: str) -> bool:
-    # Underscores are not in RFC 1035 host names but appear in real HELO
-    # names and domains; upstream accepts them too.  Non-ASCII only matters
-    # with SMTPUTF8, checked by the caller.
-    return c.isalnum() or c in "-_" or ord(c) > 127
-
-
 def is_valid_domain(domain: str) -> bool:
     """A domain (labels of letters, digits, '-', '_', or UTF-8 U-labels) or
     an address literal ``[1.2.3.4]`` / ``[IPv6:...]`` (RFC 5321 §4.1.3)."""
@@ -143,7 +141,7 @@ def is_valid_domain(domain: str) -> bool:
             return False
         if label.startswith("-") or label.endswith("-"):
             return False
-        if not all(_is_label_char(c) for c in label):
+        if not _LABEL_CHARS.fullmatch(label):
             return False
     return True
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import binascii
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ MAIL_LINE_EXTRA = 26 + 16 + 9 + 100 + 500
 RCPT_LINE_EXTRA = 500
 _LOGIN_USERNAME = "VXNlcm5hbWU6"  # base64("Username:")
 _LOGIN_PASSWORD = "UGFzc3dvcmQ6"  # base64("Password:")
+
+# C0 controls but TAB in a command line (CR and LF were split off)
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0a-\x1f]")
 
 
 class ProtocolUsageError(RuntimeError):
@@ -497,7 +501,7 @@ class ServerProtocol:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
             return self._error(R.SYNTAX_ERROR)
-        if any(ord(c) < 32 and c != "\t" for c in text):
+        if _CONTROL_CHAR.search(text):
             return self._error(R.SYNTAX_ERROR)
         try:
             if in_auth:
