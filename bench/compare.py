@@ -111,6 +111,7 @@ class Outcome:
     peak_rss: int
     peak_pss: int
     failures: tuple[str, ...]
+    cpu_by_process: dict[str, float]  # process title -> CPU seconds in the cell
 
 
 # -- /proc figures of a process tree ----------------------------------------------------
@@ -171,6 +172,23 @@ class Sampler:
             self.peak = max(self.peak, sum(rss for _, rss, _ in figures))
             self.peak_pss = max(self.peak_pss, sum(pss for _, _, pss in figures))
         return sum(cpu for cpu, _, _ in figures)
+
+    def cpu_by_title(self) -> dict[str, float]:
+        """CPU seconds per process title (argv[0]): "smtpd: queue", "smtpd: mda
+        nobody"...; processes of one title are summed, reaped ones count in
+        the parent that reaped them."""
+        out: dict[str, float] = {}
+        for pid in tree(self.root):
+            figures = proc_figures(pid)
+            if figures is None:
+                continue
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(
+                    "utf-8", "replace")
+            except OSError:
+                continue
+            out[title] = out.get(title, 0.0) + figures[0]
+        return out
 
     def reset_peak(self) -> None:
         with self._lock:
@@ -446,6 +464,7 @@ def run_cell(daemon: Daemon, cell: Cell, n: int, per_session: int, timeout: floa
     before = daemon.delivered()
     daemon.sampler.reset_peak()
     cpu0 = daemon.sampler.cpu()
+    by_title0 = daemon.sampler.cpu_by_title()
     t0 = time.perf_counter()
     tally = asyncio.run(load(daemon.port, cell, n, per_session, timeout, connect_timeout))
     accept_s = time.perf_counter() - t0
@@ -459,7 +478,9 @@ def run_cell(daemon: Daemon, cell: Cell, n: int, per_session: int, timeout: floa
                    percentile_ms(tally.latencies, 0.5), percentile_ms(tally.latencies, 0.99),
                    percentile_ms(tally.greetings, 0.99), percentile_ms(tally.whole, 0.99),
                    tally.retries, daemon.sampler.cpu() - cpu0, daemon.sampler.peak,
-                   daemon.sampler.peak_pss, tuple(tally.failures))
+                   daemon.sampler.peak_pss, tuple(tally.failures),
+                   {title: cpu - by_title0.get(title, 0.0)
+                    for title, cpu in daemon.sampler.cpu_by_title().items()})
 
 
 # -- the report -------------------------------------------------------------------------
@@ -494,6 +515,19 @@ def ratio_row(py: Outcome, op: Outcome) -> list[str]:
 HEADER = ["size", "c", "server", "accepted msg/s", "delivered msg/s", "txn p50 ms",
           "txn p99 ms", "220 p99 ms", "msg p99 ms", "retries", "CPU s", "CPU ms/msg",
           "peak RSS MiB", "peak PSS MiB", "failed"]
+
+
+def print_per_process(outcomes: list[Outcome]) -> None:
+    """CPU ms per accepted message by process title, busiest first."""
+    print()
+    print(md(["size", "c", "server", "CPU ms per message by process"]))
+    print(md(["---"] * 4))
+    for o in outcomes:
+        parts = sorted(((cpu, title) for title, cpu in o.cpu_by_process.items() if cpu > 0),
+                       reverse=True)
+        text = ", ".join(f"{title} {1000 * cpu / max(1, o.accepted):.2f}" for cpu, title in parts)
+        print(md([f"{o.cell.size // 1024} KB", str(o.cell.concurrency), o.server.value, text]))
+    print()
 
 
 def md(cells: list[str]) -> str:
@@ -550,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=240,
                    help="start no cell after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    p.add_argument("--per-process", action="store_true",
+                   help="after the table, CPU ms per accepted message of each process")
     ns = p.parse_args(argv)
     wanted = [Server(s) for s in ns.servers.split(",") if s]
     versions = {Server.PYSMTPD: pysmtpd_version()} if Server.PYSMTPD in wanted else {}
@@ -578,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"workload: {ns.messages} messages per cell, {ns.per_session} per connection, "
           f"no pipelining, Maildir delivery as {USER}" + "".join(f", {e}" for e in extra))
     daemons: list[Daemon] = []
+    per_process: list[Outcome] = []
     started = time.monotonic()
     try:
         for server in wanted:  # appended one by one: each is stopped if the next fails
@@ -598,9 +635,12 @@ def main(argv: list[str] | None = None) -> int:
                         for d in order}
             for server in wanted:
                 print(md(row(outcomes[server])), flush=True)
+                per_process.append(outcomes[server])
             if len(outcomes) == 2:
                 print(md(ratio_row(outcomes[Server.PYSMTPD], outcomes[Server.OPENSMTPD])),
                       flush=True)
+        if ns.per_process:
+            print_per_process(per_process)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
               f"{time.monotonic() - started:.0f} s")
     except KeyboardInterrupt:
