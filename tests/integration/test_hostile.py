@@ -158,8 +158,17 @@ def test_many_slowloris_clients_are_all_cut_off(world: World) -> None:
                     sock.sendall(b"N")
             open_socks = [s for s in open_socks if s not in answered]
             time.sleep(0.25)
+        replies = []
         for sock in socks:
-            assert closed_within(sock, 3).startswith(b"421 4.4.2")
+            try:
+                replies.append(closed_within(sock, 3))
+            except ConnectionResetError:
+                # a byte trickled in just after the server's 421 and close
+                # (select() had not seen the 421 yet): the peer's reset can
+                # discard the unread reply, but the session was cut all the same
+                replies.append(b"reset")
+        assert all(r.startswith(b"421 4.4.2") or r == b"reset" for r in replies), replies
+        assert replies.count(b"reset") < len(replies)
         assert time.monotonic() - start < COMMAND_TIMEOUT + 6
         assert world.smtp_rss_kb() - before < RSS_SLACK_KB
     finally:
