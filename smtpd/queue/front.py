@@ -362,15 +362,6 @@ class QueueFront:
         opened.append(src)
         return self._encode(Kind.MESSAGE, msgid, iter_source(src))
 
-    def rollback_pending(self) -> int:
-        """Forget every message still being received (at a clean stop: none of
-        them was acknowledged, and the smtp process's spare ones were never
-        used); how many.  A crash leaves them to recover() instead."""
-        pending = list(self._pending)
-        for msgid in pending:
-            self.message_rollback(msgid)
-        return len(pending)
-
     def message_rollback(self, msgid: int) -> None:
         """Forget an incoming message (the transaction failed or was reset)."""
         self._pending.pop(msgid, None)

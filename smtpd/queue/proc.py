@@ -152,14 +152,6 @@ class QueueProcess(Child):
         self.loop.call_soon(self._load_step)
         self._start_lease()
 
-    def on_stop(self) -> None:
-        # Nothing received is left in incoming/ by a clean stop: the next
-        # start's "recovered: N incoming" then only counts what a crash cut.
-        try:
-            self.front.rollback_pending()
-        except OSError as exc:
-            self.log.warning("queue: incoming messages left at stop: %s", exc)
-
     def _load_step(self) -> None:
         assert self.loader is not None
         batch: dict[int, list[list[int | str]]] = {}

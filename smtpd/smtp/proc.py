@@ -50,7 +50,6 @@ from smtpd.msg import (
 )
 from smtpd.proc import Child
 from smtpd.smtp.guard import GuardLimits, SourceGuard, WriteFaults
-from smtpd.smtp.msgpool import MessagePool
 from smtpd.smtp.mta import MtaSide
 from smtpd.smtp.protocol import ProtocolLimits
 from smtpd.smtp.ratelimit import Rate, RateKind, RateLimiter
@@ -99,8 +98,6 @@ class SmtpProcess(Child):
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.next_reqid = 1
         self.paused = "smtp" in self.options.paused
-        # (msgid, fd) pairs asked of the queue ahead of MAIL (smtp/msgpool.py)
-        self.pool = MessagePool(self.queue_create, self.queue_open, self.queue_rollback)
         self.accepting = False
         self.fd_limit = _fd_limit()
         self.guard = _source_guard(self.config.smtp)
@@ -161,7 +158,6 @@ class SmtpProcess(Child):
 
     def on_live(self) -> None:
         self.mta.start([s.getsockname()[:2] for s, _ in self.listen_socks])
-        self.pool.refill()
         for key in ("smtp.session", "smtp.tls", "smtp.smtps", "mta.task", "mta.task.running",
                     "mta.envelope"):
             self.stats.set(key, 0)
@@ -467,7 +463,6 @@ class SmtpProcess(Child):
     def on_stop(self) -> None:
         self._stop_accepting()
         self.filters.close()
-        self.pool.close()
 
 
 def _rate_limiter(opts: SmtpOptions) -> RateLimiter:

@@ -77,8 +77,7 @@ class Transaction:
     sender: str = ""
     envelopes: list[str] | None = None
     rcpts: list[str] | None = None
-    fd: int | None = None  # the message file, from DATA on
-    spare_fd: int | None = None  # opened ahead (the pool's), until DATA takes it
+    fd: int | None = None
     size: int = 0
     template: Envelope | None = None
     headers: HeaderFixer | None = None
@@ -300,10 +299,9 @@ class Session:
         limited = self.smtp.rate_check(RateKind.MESSAGES, self.src, self.auth_user)
         if limited is not None:
             return limited
-        answer = await self.smtp.pool.take()
+        answer = await self.smtp.queue_create()
         if isinstance(answer, Reply):
             return answer
-        msgid, spare_fd = answer
         sender = mailbox_text(event.address)
         params = event.params
         flags = EnvelopeFlag.AUTHENTICATED if self.auth_user else EnvelopeFlag(0)
@@ -312,7 +310,7 @@ class Session:
         if params.smtputf8:
             flags |= EnvelopeFlag.SMTPUTF8
         self.tx = Transaction(
-            msgid=msgid, spare_fd=spare_fd, sender=sender, envelopes=[], rcpts=[],
+            msgid=answer, sender=sender, envelopes=[], rcpts=[],
             template=Envelope(
                 evpid=0, type=DeliveryType.MDA, dispatcher="-", sender=sender, rcpt="-",
                 dest="-", ctime=int(time.time()), ttl=self.smtp.config.queue.ttl,
@@ -347,11 +345,7 @@ class Session:
         return reply
 
     async def _data_start(self) -> Reply:
-        answer: int | Reply
-        if self.tx.spare_fd is not None:
-            answer, self.tx.spare_fd = self.tx.spare_fd, None
-        else:
-            answer = await self.smtp.queue_open(self.tx.msgid)
+        answer = await self.smtp.queue_open(self.tx.msgid)
         if isinstance(answer, Reply):
             return answer
         self.tx.fd = answer
@@ -432,15 +426,12 @@ class Session:
             full = tx.write_errno in (errno.ENOSPC, errno.EDQUOT)
             self._rollback()
             if full:  # RFC 3463 4.3.1: mail system full
-                self.smtp.pool.drain()  # the next MAIL asks the queue, which refuses
                 return Reply(452, "4.3.1", "Insufficient system storage")
             return Reply(451, "4.3.0", "Temporary failure: cannot write message")
         assert tx.envelopes is not None
         answer = await self.smtp.queue_commit(tx.msgid, tx.envelopes)
         if isinstance(answer, Reply):
             self._rollback()
-            if answer.code == 452:
-                self.smtp.pool.drain()
             return answer
         self.log.info("%s smtp message msgid=%08x size=%d nrcpt=%d proto=%s", self.sid,
                       tx.msgid, event.size, len(tx.rcpts or ()),
@@ -491,9 +482,8 @@ class Session:
     def _rollback(self) -> None:
         tx = self.tx
         self.filtering.rolled_back(tx.msgid)
-        for fd in (tx.fd, tx.spare_fd):
-            if fd is not None and fd >= 0:
-                os.close(fd)
+        if tx.fd is not None and tx.fd >= 0:
+            os.close(tx.fd)
         if tx.msgid:
             self.smtp.queue_rollback(tx.msgid)
         self.tx = Transaction()

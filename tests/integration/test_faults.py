@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from smtpd.smtp.msgpool import SPARE
 from tests.integration.conftest import basic_config
 from tests.integration.daemon import Daemon, temp_workdir
 
@@ -30,14 +29,10 @@ def committed(d: Daemon) -> list[Path]:
 
 
 def incoming_empty(d: Daemon, timeout: float = 5.0) -> bool:
-    """Nothing of a message left in incoming/: only the smtp process's spare
-    messages (smtpd/smtp/msgpool.py), an empty `message` file each.  Rollback
-    is asynchronous (an imsg to the queue): wait for it."""
+    """Rollback is asynchronous (an imsg to the queue): wait for it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = [p for p in (d.spool / "incoming").glob("*/*")
-                if p.name != "message" or p.stat().st_size]
-        if not left and len(list((d.spool / "incoming").iterdir())) <= SPARE:
+        if not any((d.spool / "incoming").iterdir()):
             return True
         time.sleep(0.05)
     return False

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from smtpd.smtp.msgpool import SPARE
 from tests.integration.conftest import free_port
 from tests.integration.daemon import Daemon, temp_workdir
 from tests.integration.smtp_helpers import (
@@ -313,34 +312,23 @@ def test_session_log_lines(world: World) -> None:
 
 # -- rollback -------------------------------------------------------------------
 
-def incoming(world: World) -> set[str]:
-    return {p.name for p in (world.daemon.spool / "incoming").iterdir()}
-
-
-def wait_rolled_back(world: World, msgids: set[str], timeout: float = 5.0) -> None:
-    """Until one of `msgids` has left incoming/ (rolled back) and what stays
-    holds no message data: the smtp process's spare messages only
-    (smtpd/smtp/msgpool.py), an empty `message` file each."""
+def wait_incoming_empty(world: World, timeout: float = 5.0) -> list[str]:
+    incoming = world.daemon.spool / "incoming"
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = [p for p in (world.daemon.spool / "incoming").glob("*/*")
-                if p.name != "message" or p.stat().st_size]
-        if msgids - incoming(world) and not data:
-            return
+    while (left := sorted(p.name for p in incoming.iterdir())) and (
+            time.monotonic() < deadline):
         time.sleep(0.05)
-    raise AssertionError(f"not rolled back: {sorted(msgids)} in {sorted(incoming(world))}")
+    return left
 
 
 def test_rset_and_disconnect_roll_back_the_incoming_message(world: World) -> None:
     before = queued_msgids(world.daemon.spool)
     with world.smtp() as s:
-        spares = incoming(world)  # the transaction takes one of these at MAIL
-        assert 0 < len(spares) <= SPARE
         s.mail("gone@client.test")
         s.rcpt("root@localhost")
+        assert list((world.daemon.spool / "incoming").iterdir())  # being received
         assert s.rset() == (250, b"2.0.0 Reset state")
-        wait_rolled_back(world, spares)
-    spares = incoming(world)
+        assert wait_incoming_empty(world) == []
     sock = raw_connect(world.port)
     try:
         sock.sendall(b"EHLO client.test\r\nMAIL FROM:<cut@client.test>\r\n"
@@ -349,7 +337,7 @@ def test_rset_and_disconnect_roll_back_the_incoming_message(world: World) -> Non
         sock.sendall(b"Subject: cut\r\n\r\nhalf a message")
     finally:
         sock.close()
-    wait_rolled_back(world, spares)
+    assert wait_incoming_empty(world) == []
     assert queued_msgids(world.daemon.spool) == before
 
 
