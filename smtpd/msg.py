@@ -315,6 +315,9 @@ class DeliveryStart:
     """The frame's fd is the message, readable, plaintext (LF line endings)."""
     evpid: int
     envelope: str
+    # no earlier attempt can exist: committed by the running queue and never
+    # handed out before (the maildir need not look for a copy under its name)
+    first_attempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)

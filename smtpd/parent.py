@@ -210,7 +210,7 @@ class Parent(Node):
         # for that user (smtpd/mda/runner.py re-validates the envelope first).
         assert frame.fd is not None
         self.runner.start_envelope(payload.envelope, frame.fd, self.config,
-                                   self.config.hostname)
+                                   self.config.hostname, payload.first_attempt)
         self.stats.increment("mda.envelope")
         self._mda_gauges()
 

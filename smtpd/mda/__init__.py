@@ -37,11 +37,13 @@ __all__ = [
 
 
 def deliver(
-    req: DeliveryRequest, source: BinaryIO, expected_name: str | None = None
+    req: DeliveryRequest, source: BinaryIO, expected_name: str | None = None,
+    check_existing: bool = True,
 ) -> DeliveryResult:
-    """Run the delivery `req.method` asks for; `expected_name` is maildir only."""
+    """Run the delivery `req.method` asks for; `expected_name` and
+    `check_existing` are maildir only."""
     if req.method is DeliveryMethod.MAILDIR:
-        return deliver_maildir(req, source, expected_name)
+        return deliver_maildir(req, source, expected_name, check_existing)
     if req.method is DeliveryMethod.MBOX:
         return deliver_mbox(req, source)
     if req.method is DeliveryMethod.MDA:

@@ -76,6 +76,7 @@ class _Pending:
     request: DeliveryRequest
     fd: int
     expected_name: str | None
+    check_existing: bool = True
 
     @property
     def identity(self) -> Identity:
@@ -148,19 +149,21 @@ class DeliveryRunner:
     # -- starting ---------------------------------------------------------------
 
     def start(
-        self, request: DeliveryRequest, message_fd: int, expected_name: str | None = None
+        self, request: DeliveryRequest, message_fd: int, expected_name: str | None = None,
+        check_existing: bool = True,
     ) -> None:
         """Deliver `request`; `message_fd` is handed over (closed here once
         sent).  `expected_name` is the maildir file name recorded in the
-        envelope (mda-delivered) for exactly-once redelivery."""
+        envelope (mda-delivered) for exactly-once redelivery; with
+        `check_existing` False no earlier copy is looked for (a first attempt)."""
         if self._closed:
             os.close(message_fd)
             raise RuntimeError("delivery runner is closed")
-        self._pending.append(_Pending(request, message_fd, expected_name))
+        self._pending.append(_Pending(request, message_fd, expected_name, check_existing))
         self._start_waiting()
 
     def start_envelope(self, envelope_text: str, message_fd: int, config: Config,
-                       hostname: str) -> None:
+                       hostname: str, first_attempt: bool = False) -> None:
         """What the parent does on QUEUE_DELIVERY_START: `plan_delivery`, then
         `start`; a refused envelope is reported through on_result (from the
         loop) with its permfail/tempfail and the fd is closed."""
@@ -173,7 +176,7 @@ class DeliveryRunner:
                                 plan.detail or "")
             return
         request, expected = plan
-        self.start(request, message_fd, expected)
+        self.start(request, message_fd, expected, check_existing=not first_attempt)
 
     def _start_waiting(self) -> None:
         """Hand waiting requests to idle workers of their user, fork workers
@@ -256,8 +259,8 @@ class DeliveryRunner:
             # One packet: a request is a few hundred bytes, far below the
             # socket buffer, so a non-blocking send of an idle worker's
             # socket cannot fall short.
-            socket.send_fds(worker.sock, [encode_request(item.request, item.expected_name)],
-                            [item.fd])
+            socket.send_fds(worker.sock, [encode_request(
+                item.request, item.expected_name, item.check_existing)], [item.fd])
         except OSError:
             self._close_socket(worker)  # it died: reaping reports the job as failed
             self._after_eof(worker)

@@ -56,19 +56,21 @@ _FIELDS = tuple(f.name for f in fields(DeliveryRequest))
 # -- the request on the wire --------------------------------------------------------
 
 
-def encode_request(request: DeliveryRequest, expected_name: str | None) -> bytes:
-    return codec.pack([list(astuple(request)), expected_name])
+def encode_request(request: DeliveryRequest, expected_name: str | None,
+                   check_existing: bool = True) -> bytes:
+    return codec.pack([list(astuple(request)), expected_name, check_existing])
 
 
-def decode_request(data: bytes) -> tuple[DeliveryRequest, str | None]:
+def decode_request(data: bytes) -> tuple[DeliveryRequest, str | None, bool]:
     """The parent's request; ValueError if it is not one (a bug, not input)."""
     obj: Any = codec.unpack(data)
-    if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], list)
-            and len(obj[0]) == len(_FIELDS) and (obj[1] is None or isinstance(obj[1], str))):
+    if not (isinstance(obj, list) and len(obj) == 3 and isinstance(obj[0], list)
+            and len(obj[0]) == len(_FIELDS) and (obj[1] is None or isinstance(obj[1], str))
+            and isinstance(obj[2], bool)):
         raise ValueError("malformed delivery request")
     values = dict(zip(_FIELDS, obj[0], strict=True))
     values["method"] = DeliveryMethod(values["method"])
-    return DeliveryRequest(**values), obj[1]
+    return DeliveryRequest(**values), obj[1], obj[2]
 
 
 def encode_result(result: DeliveryResult, more: bool) -> bytes:
@@ -136,11 +138,11 @@ def _serve(sock: socket.socket, uid: int, gid: int) -> int:  # pragma: no cover 
             for fd in fds:
                 os.close(fd)
             raise ValueError("delivery request without exactly one message fd")
-        request, expected = decode_request(data)
+        request, expected, check_existing = decode_request(data)
         if (request.uid, request.gid) != (uid, gid):
             os.close(fds[0])
             raise PermissionError(f"request for uid {request.uid} sent to a worker of {uid}")
-        result, go_on = _deliver_one(request, fds[0], expected)
+        result, go_on = _deliver_one(request, fds[0], expected, check_existing)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the answer must get out whole
         try:
             sock.sendall(encode_result(result, go_on))
@@ -154,8 +156,8 @@ def _serve(sock: socket.socket, uid: int, gid: int) -> int:  # pragma: no cover 
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _deliver_one(request: DeliveryRequest, fd: int,
-                 expected: str | None) -> tuple[DeliveryResult, bool]:  # pragma: no cover
+def _deliver_one(request: DeliveryRequest, fd: int, expected: str | None,
+                 check_existing: bool) -> tuple[DeliveryResult, bool]:  # pragma: no cover
     """The result, and whether this worker may take another delivery."""
     try:
         with contextlib.suppress(OSError):
@@ -163,7 +165,7 @@ def _deliver_one(request: DeliveryRequest, fd: int,
         # smtpd.mda was imported by the parent: after the privilege drop the
         # worker may not be allowed to read the interpreter's files to import.
         with os.fdopen(fd, "rb") as source:
-            return smtpd.mda.deliver(request, source, expected), True
+            return smtpd.mda.deliver(request, source, expected, check_existing), True
     except _Terminated:
         return tempfail(TIMED_OUT), False
     except BaseException as exc:

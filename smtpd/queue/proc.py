@@ -70,6 +70,7 @@ NO_SPACE = "452 4.3.1 Insufficient system storage"
 MIN_FREE_BYTES = 64 * 1024 * 1024
 SCHEDULE_BATCH = 200      # envelope infos per QUEUE_MESSAGE_SCHEDULE frame
 LOAD_STEP = 500           # envelopes loaded per loop iteration at start
+UNSENT_MAX = 100_000      # envelopes remembered as never handed out (QueueProcess.unsent)
 
 
 def scheduler_info(env: Envelope) -> list[int | str]:
@@ -136,6 +137,11 @@ class QueueProcess(Child):
         self.transfers: dict[int, list[int]] = {}   # reqid -> evpids being relayed
         self.commit_batch: list[tuple[MessageCommit, list[int]]] = []
         self.listings = Listings()  # `show queue` walks in progress
+        # Local envelopes this process committed and has not handed out yet:
+        # their first delivery cannot find an earlier copy, so the maildir
+        # skips looking for one (smtpd/mda/maildir.py).  Bounded: past the
+        # cap an envelope just gets the look.
+        self.unsent: set[int] = set()
         # delivered envelopes waiting for this loop iteration's batched delete
         self.delete_batch: list[tuple[Envelope, str]] = []
         h(Proc.LOOKUP, Msg.LOOKUP_RCPT_RESULT, self._on_bounce_route)
@@ -271,6 +277,8 @@ class QueueProcess(Child):
                 self._commit_failed(req.reqid, msgid, result)
                 continue
             self._send_schedule({msgid: [scheduler_info(e) for e in result]})
+            if len(self.unsent) < UNSENT_MAX:
+                self.unsent.update(e.evpid for e in result if e.type is DeliveryType.MDA)
             self.send(Proc.SMTP, Msg.QUEUE_MESSAGE_COMMITTED,
                       MessageCommitted(req.reqid, msgid, evpids))
         self._update_stats()
@@ -305,6 +313,7 @@ class QueueProcess(Child):
             return None
 
     def _report(self, evpid: int, status: str, text: str, env: Envelope | None) -> None:
+        self.unsent.discard(evpid)
         info = scheduler_info(env) if env is not None else []
         self.send(Proc.SCHEDULER, Msg.QUEUE_DELIVERY_RESULT,
                   DeliveryResult(evpid, status, info, text))
@@ -341,8 +350,10 @@ class QueueProcess(Child):
                 self._tempfail(env, f"451 4.3.0 Queue error: {exc}")
                 continue
             self.inflight[evpid] = time.monotonic()
+            first = evpid in self.unsent
+            self.unsent.discard(evpid)
             self.send(Proc.PARENT, Msg.QUEUE_DELIVERY_START,
-                      DeliveryStart(evpid, dump_envelope(env).decode()), fd=fd)
+                      DeliveryStart(evpid, dump_envelope(env).decode(), first), fd=fd)
         for (msgid, dispatcher, domain), envs in relays.items():
             self._transfer(msgid, dispatcher, domain, envs)
 

@@ -10,6 +10,7 @@ import pytest
 from mdatest_util import req_factory
 
 from smtpd.mda import deliver
+from smtpd.mda import maildir as maildir_module
 from smtpd.mda.maildir import deliver_maildir, maildir_name
 from smtpd.mda.message import NulTruncator
 from smtpd.mda.types import DeliveryStatus
@@ -143,6 +144,21 @@ def test_expected_name_exactly_once(tmp_path: Path) -> None:
     r3 = deliver_maildir(make(), io.BytesIO(MSG), expected_name=name)
     assert r3.status is DeliveryStatus.OK
     assert list((tmp_path / "Maildir" / "new").iterdir()) == []
+
+
+def test_a_first_attempt_does_not_look_for_an_earlier_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_look(folders: list[str], name: str) -> str | None:
+        raise AssertionError("cur/ read on a first attempt")
+
+    monkeypatch.setattr(maildir_module, "find_delivered", no_look)
+    name = maildir_name("vm.test")
+    res = deliver_maildir(req_factory(tmp_path)(), io.BytesIO(MSG), expected_name=name,
+                          check_existing=False)
+    assert res.status is DeliveryStatus.OK and res.detail == name
+    assert (tmp_path / "Maildir" / "new" / name).read_bytes().endswith(MSG)
+    with pytest.raises(AssertionError, match="first attempt"):
+        deliver_maildir(req_factory(tmp_path)(), io.BytesIO(MSG), expected_name=name)
 
 
 def test_expected_name_after_crash_before_link(tmp_path: Path) -> None:

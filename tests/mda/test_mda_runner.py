@@ -9,7 +9,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import astuple, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -159,7 +159,8 @@ def test_timeout_kills_a_slow_mda_command_and_its_children(tmp_path: Path) -> No
 
 def test_a_child_ignoring_sigterm_is_killed(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    def stubborn(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+    def stubborn(req: Any, source: Any, expected: Any = None,
+                 check_existing: bool = True) -> DeliveryResult:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(30)
         return ok()
@@ -181,7 +182,8 @@ def test_a_child_ignoring_sigterm_is_killed(tmp_path: Path,
 ])
 def test_a_child_that_dies_without_result_is_tempfail(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, expected: str) -> None:
-    def die(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+    def die(req: Any, source: Any, expected: Any = None,
+            check_existing: bool = True) -> DeliveryResult:
         if how == "exit":
             os._exit(3)
         os.kill(os.getpid(), signal.SIGSEGV)
@@ -197,7 +199,8 @@ def test_a_child_that_dies_without_result_is_tempfail(
 
 def test_an_exception_never_reaches_the_peer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capfd: pytest.CaptureFixture[str]) -> None:
-    def boom(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+    def boom(req: Any, source: Any, expected: Any = None,
+             check_existing: bool = True) -> DeliveryResult:
         raise RuntimeError("kaboom /secret/path")
 
     monkeypatch.setattr(smtpd.mda, "deliver", boom)
@@ -211,7 +214,8 @@ def test_child_sees_no_parent_descriptors(tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     leaked = os.pipe()
 
-    def list_fds(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+    def list_fds(req: Any, source: Any, expected: Any = None,
+                 check_existing: bool = True) -> DeliveryResult:
         return ok(detail=",".join(sorted(os.listdir("/proc/self/fd"))))
 
     monkeypatch.setattr(smtpd.mda, "deliver", list_fds)
@@ -231,7 +235,8 @@ def test_concurrency_limit_queues_the_rest(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "log"
 
-    def slow(req: DeliveryRequest, source: Any, expected: Any = None) -> DeliveryResult:
+    def slow(req: DeliveryRequest, source: Any, expected: Any = None,
+             check_existing: bool = True) -> DeliveryResult:
         with open(log, "a") as f:
             f.write(f"+{req.evpid}\n")
         time.sleep(0.15)
@@ -259,7 +264,8 @@ def test_concurrency_limit_queues_the_rest(tmp_path: Path,
     assert peak == 2
 
 
-def _pid_of_worker(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+def _pid_of_worker(req: Any, source: Any, expected: Any = None,
+                   check_existing: bool = True) -> DeliveryResult:
     return ok(detail=str(os.getpid()))
 
 
@@ -301,7 +307,8 @@ def test_a_worker_serves_its_user_again_until_idle(tmp_path: Path,
 
 def test_a_worker_is_replaced_after_max_deliveries_and_after_a_failure(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def pid_or_fail(req: Any, source: Any, expected: Any = None) -> DeliveryResult:
+    def pid_or_fail(req: Any, source: Any, expected: Any = None,
+                    check_existing: bool = True) -> DeliveryResult:
         if req.evpid == 3:
             raise RuntimeError("a bug in delivery")
         return ok(detail=str(os.getpid()))
@@ -352,9 +359,10 @@ def test_a_full_runner_retires_an_idle_worker_of_another_user(
 
 def test_worker_requests_round_trip() -> None:
     req = req_factory(Path("/h"))(wrapper="w", lmtp_rcpt_to=True, timeout=2.5)
-    assert worker.decode_request(worker.encode_request(req, "1.x.h")) == (req, "1.x.h")
-    assert worker.decode_request(worker.encode_request(req, None)) == (req, None)
-    for bad in (codec.pack([1, None]), codec.pack([[1, 2], None]), codec.pack("x")):
+    assert worker.decode_request(worker.encode_request(req, "1.x.h")) == (req, "1.x.h", True)
+    assert worker.decode_request(worker.encode_request(req, None, False)) == (req, None, False)
+    for bad in (codec.pack([1, None, True]), codec.pack([[1, 2], None, True]),
+                codec.pack("x"), codec.pack([list(astuple(req)), None, "yes"])):
         with pytest.raises(ValueError):
             worker.decode_request(bad)
 
@@ -469,6 +477,26 @@ def test_start_envelope_delivers_under_the_recorded_name(tmp_path: Path) -> None
         lambda r: r.start_envelope(text, fd, _config(local=action), "mx.test"), 1)
     assert (evpid, status, detail) == (0x51E7B46600000001, "ok", "1.feed.vm.test")
     assert (tmp_path / "M" / "new" / "1.feed.vm.test").read_bytes().endswith(MSG)
+
+
+def test_a_first_attempt_reaches_the_maildir_without_the_look(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def record(req: Any, source: Any, expected: Any = None,
+               check_existing: bool = True) -> DeliveryResult:
+        # runs in the worker: what it was asked travels back in the detail
+        return ok(detail=f"{expected} {check_existing}")
+
+    monkeypatch.setattr(smtpd.mda, "deliver", record)
+    action = Action("local", ActionKind.MAILDIR, "c:1", maildir_path=str(tmp_path / "M"))
+    text = _envelope(mda_delivered="1.feed.vm.test")
+
+    def start(r: DeliveryRunner) -> None:
+        r.start_envelope(text, _msgfd(tmp_path), _config(local=action), "mx", True)
+        r.start_envelope(text, _msgfd(tmp_path), _config(local=action), "mx")
+
+    results = _run(start, 2)
+    assert sorted(detail for *_, detail in results) == ["1.feed.vm.test False",
+                                                        "1.feed.vm.test True"]
 
 
 def test_start_envelope_reports_a_refused_envelope(tmp_path: Path) -> None:
