@@ -88,6 +88,9 @@ class QueueListing:
         self._after_page(merge_states(lines, state_lines, int(time.time())), more)
 
     def _after_page(self, out: list[str], more: bool) -> None:
+        if self.client.gone:
+            self._stop()
+            return
         if out:
             self.client.send_lines(out)
         if not more:
@@ -106,7 +109,7 @@ class QueueListing:
         self._next()
 
     def _next(self) -> None:
-        if self.client not in self.control.clients:
+        if self.client.gone:
             self._stop()
             return
         self.control.ask_page(Proc.QUEUE, "list-next", [str(self.walk)], self.client,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imsg import Channel, Frame
+from imsg import Channel, ChannelClosed, ChannelOverflow, Frame
 from smtpctl.grammar import Command, GrammarError, parse
 from smtpd.control.listing import QueueListing
 from smtpd.msg import (
@@ -94,7 +94,7 @@ class ClientSession:
             return self.drop(str(exc))
         if msg is Msg.CLIENT_HELLO:
             assert isinstance(payload, ClientHello)
-            self.channel.send(int(Msg.CTL_CLIENT_HELLO), encode(ClientHello(PROTOCOL_VERSION)))
+            self._send(Msg.CTL_CLIENT_HELLO, encode(ClientHello(PROTOCOL_VERSION)))
             if payload.version != PROTOCOL_VERSION:
                 self.reply(["smtpctl: version mismatch with the running smtpd: "
                             f"client {payload.version:#x}, server {PROTOCOL_VERSION:#x}"],
@@ -124,10 +124,26 @@ class ClientSession:
         """Output lines; more may follow (a streamed listing), then done()."""
         for chunk, _last in chunk_lines(lines):
             if chunk:
-                self.channel.send(int(Msg.CTL_CLIENT_LINES), encode(ClientLines(chunk, stderr)))
+                self._send(Msg.CTL_CLIENT_LINES, encode(ClientLines(chunk, stderr)))
 
     def done(self, status: int) -> None:
-        self.channel.send(int(Msg.CTL_CLIENT_DONE), encode(ClientDone(status)))
+        self._send(Msg.CTL_CLIENT_DONE, encode(ClientDone(status)))
+
+    @property
+    def gone(self) -> bool:
+        """The client left, or its channel failed (on_close may not have run yet)."""
+        return self.channel.closed or self not in self.control.clients
+
+    def _send(self, msg: Msg, data: bytes) -> None:
+        # A client that went away (its channel fails on a write and reports it
+        # on the next loop turn) or stopped reading past the hard limit is
+        # dropped, never the process.
+        if self.channel.closed:
+            return
+        try:
+            self.channel.send(int(msg), data)
+        except (ChannelClosed, ChannelOverflow) as exc:
+            self.drop(f"cannot answer: {exc}")
 
     def drop(self, reason: str) -> None:
         self.control.log.warning("control: client uid %d dropped: %s", self.uid, reason)
@@ -462,10 +478,14 @@ class ControlProcess(Child):
     def _on_enqueue_fd(self, payload: Request, frame: Frame) -> None:
         assert frame.fd is not None
         client = self.enqueues.pop(payload.reqid, None)
-        if client is None or client not in self.clients:
+        if client is None or client.gone:
             os.close(frame.fd)
             return
-        client.channel.send(int(Msg.CTL_CLIENT_FD), encode(Empty()), fd=frame.fd)
+        try:
+            client.channel.send(int(Msg.CTL_CLIENT_FD), encode(Empty()), fd=frame.fd)
+        except (ChannelClosed, ChannelOverflow) as exc:  # the channel closed the fd
+            client.drop(f"cannot answer: {exc}")
+            return
         client.reply([])
 
     def cmd_show_hoststats(self, client: ClientSession) -> None:
