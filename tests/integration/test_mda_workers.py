@@ -15,13 +15,14 @@ import pytest
 from smtpd.mda.runner import IDLE_SECONDS
 from tests.integration.conftest import free_port
 from tests.integration.daemon import Daemon
-from tests.integration.queue_helpers import maildir_files, send, start, wait_until
+from tests.integration.queue_helpers import maildir_files, send, show_queue, start, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="delivering as a user needs root")
 
 
-def _workers(title: str) -> dict[int, tuple[int, ...]]:
-    """pid -> (real, effective, saved, fs uid) of every process titled `title`."""
+def _workers(title: str, parent: int) -> dict[int, tuple[int, ...]]:
+    """pid -> (real, effective, saved, fs uid) of every child of `parent`
+    titled `title` (other daemons on the machine may have workers too)."""
     found: dict[int, tuple[int, ...]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -33,8 +34,10 @@ def _workers(title: str) -> dict[int, tuple[int, ...]]:
             status = Path(entry.path, "status").read_text()
         except OSError:
             continue  # gone meanwhile
-        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-        found[int(entry.name)] = tuple(int(x) for x in uid_line.split()[1:])
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["PPid"]) != parent:
+            continue
+        found[int(entry.name)] = tuple(int(x) for x in fields["Uid"].split())
     return found
 
 
@@ -47,12 +50,17 @@ def test_one_worker_per_user_reused_then_retired(workdir: Path) -> None:
             f'action "local" maildir "{mail}/box" user nobody\n'
             'match from any for local action "local"\n')
     d = start(Daemon(workdir, conf))
+    assert d.proc is not None
+    parent = d.proc.pid  # the daemon's parent: the workers are its children
     try:
         pids: list[set[int]] = []
         for n in range(1, 4):  # one after the other: each finds the worker idle
             send(d.port, "root@localhost", ["root@localhost"], f"Subject: {n}\n\nhi\n")
             wait_until(f"delivery {n}", lambda n=n: len(maildir_files(mail / "box")) == n)
-            workers = _workers("smtpd: mda nobody")
+            # and its result handled (the file shows before the worker answers):
+            # only then is the worker idle, ready for the next message
+            wait_until("an empty queue", lambda: show_queue(d) == [] or None)
+            workers = _workers("smtpd: mda nobody", parent)
             assert all(ids == (nobody.pw_uid,) * 4 for ids in workers.values()), workers
             pids.append(set(workers))
         assert len(pids[0]) == 1 and pids[0] == pids[1] == pids[2], pids
@@ -61,7 +69,8 @@ def test_one_worker_per_user_reused_then_retired(workdir: Path) -> None:
         [pid] = pids[0]
         assert os.readlink(f"/proc/{pid}/root") == "/"
         # idle for IDLE_SECONDS: retired, so nothing stays behind as the user
-        wait_until("the idle worker to exit", lambda: not _workers("smtpd: mda nobody"),
+        wait_until("the idle worker to exit",
+                   lambda: not _workers("smtpd: mda nobody", parent),
                    timeout=IDLE_SECONDS + 10)
         assert d.proc is not None and d.proc.poll() is None
     finally:
