@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -88,6 +88,25 @@ def _guard(kind: Kind, oid: int, chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield from chunks
     except _DECODE_ERRORS as exc:
         raise _decode_error(kind, oid, exc) from None
+
+
+@dataclass(slots=True)
+class CommitBatch:
+    """A group commit between its steps (QueueFront.commit_prepare)."""
+
+    staged: list[tuple[int, Path, list[tuple[Kind, int, BlobSource]]]] = field(
+        default_factory=list)
+    envelopes: list[tuple[int, list[Envelope]]] = field(default_factory=list)
+    failed: list[tuple[int, list[Envelope] | Exception]] = field(default_factory=list)
+    sources: list[BinaryIO] = field(default_factory=list)  # encoded messages read from
+
+    @property
+    def msgids(self) -> list[int]:
+        return [msgid for msgid, _envs in self.envelopes]
+
+    def close(self) -> None:
+        while self.sources:
+            self.sources.pop().close()
 
 
 def _plain_file_fd(raw: BinaryIO) -> int | None:
@@ -290,38 +309,67 @@ class QueueFront:
         a crash part-way leaves only what recover() drops.  Returns, per
         msgid, its committed envelopes or the error that kept it out (the
         caller rolls those back).  A storage error while installing fails
-        every message of the batch: none of them was acknowledged."""
-        results: list[tuple[int, list[Envelope] | Exception]] = []
-        staged: list[tuple[int, Path, list[tuple[Kind, int, BlobSource]]]] = []
-        sources: list[BinaryIO] = []
-        batch: list[tuple[int, list[Envelope]]] = []
+        every message of the batch: none of them was acknowledged.
+
+        The same in three steps, for a caller that runs the I/O elsewhere:
+        `commit_prepare` and `commit_finish` touch this object's state,
+        `commit_install` only the backend (see `install_is_threadsafe`)."""
+        batch = self.commit_prepare(msgids)
+        error: OSError | None = None
+        try:
+            self.commit_install(batch)
+        except OSError as exc:
+            error = exc
+        return self.commit_finish(batch, error)
+
+    @property
+    def install_is_threadsafe(self) -> bool:
+        """Whether commit_install may run in another thread than the rest:
+        true for the fs backend's directory rename, which works on paths
+        only; a database connection is not shared across threads."""
+        return self._adopt is not None
+
+    def commit_prepare(self, msgids: Sequence[int]) -> CommitBatch:
+        """Check the pending messages and stage what to store (nothing is
+        written yet); the ones that cannot be committed get their error."""
+        batch = CommitBatch()
         try:
             for msgid in msgids:
                 try:
                     envs = self._check_pending(msgid)
                     if not envs:
                         raise QueueError(f"message {msgid:08x}: no envelopes to commit")
-                    message = self._message_source(msgid, sources)
+                    message = self._message_source(msgid, batch.sources)
                 except QueueError as exc:
-                    results.append((msgid, exc))
+                    batch.failed.append((msgid, exc))
                     continue
                 items: list[tuple[Kind, int, BlobSource]] = [
                     (Kind.ENVELOPE, env.evpid,
                      self._encode(Kind.ENVELOPE, env.evpid, [dump_envelope(env)]))
                     for env in envs]
                 items.append((Kind.MESSAGE, msgid, message))
-                staged.append((msgid, self._incoming / f"{msgid:08x}", items))
-                batch.append((msgid, envs))
-            if staged:
-                try:
-                    self._install(staged)
-                except OSError as exc:
-                    results += [(msgid, exc) for msgid, _envs in batch]
-                    return results
-        finally:
-            for opened in sources:
-                opened.close()
-        for msgid, envs in batch:
+                batch.staged.append((msgid, self._incoming / f"{msgid:08x}", items))
+                batch.envelopes.append((msgid, envs))
+        except BaseException:
+            batch.close()
+            raise
+        return batch
+
+    def commit_install(self, batch: CommitBatch) -> None:
+        """Store the staged messages durably, or raise OSError with none of
+        them stored."""
+        if batch.staged:
+            self._install(batch.staged)
+
+    def commit_finish(self, batch: CommitBatch, error: OSError | None
+                      ) -> list[tuple[int, list[Envelope] | Exception]]:
+        """After commit_install: the per-message results (see
+        message_commit_many); `error` is what commit_install raised."""
+        batch.close()
+        results: list[tuple[int, list[Envelope] | Exception]] = list(batch.failed)
+        if error is not None:
+            return results + [(msgid, error) for msgid, _envs in batch.envelopes]
+        for msgid, envs in batch.envelopes:
             del self._pending[msgid]
             for env in envs:
                 self._cache.put(env)

@@ -9,6 +9,8 @@ never fatal.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -59,7 +61,7 @@ from smtpd.queue.envelope import (
     render_upstream,
 )
 from smtpd.queue.errors import LeaseLost, NotFound, QueueCorrupt, QueueError
-from smtpd.queue.front import QueueFront
+from smtpd.queue.front import CommitBatch, QueueFront
 from smtpd.queue.listing import Listings
 from smtpd.queue.show import queue_line
 
@@ -136,6 +138,11 @@ class QueueProcess(Child):
         h(Proc.SMTP, Msg.SMTP_MTA_RESULT, self._on_mta_result)
         self.transfers: dict[int, list[int]] = {}   # reqid -> evpids being relayed
         self.commit_batch: list[tuple[MessageCommit, list[int]]] = []
+        # msgids of the group commit being written (None: none is)
+        self.committing: set[int] | None = None
+        # One thread for the fs backend's commit I/O: group commits stay in order.
+        self.io = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                        thread_name_prefix="queue-io")
         self.listings = Listings()  # `show queue` walks in progress
         # Local envelopes this process committed and has not handed out yet:
         # their first delivery cannot find an earlier copy, so the maildir
@@ -248,7 +255,7 @@ class QueueProcess(Child):
         except (OSError, QueueError, EnvelopeError) as exc:
             self._commit_failed(req.reqid, req.msgid, exc)
             return
-        if not self.commit_batch:
+        if not self.commit_batch and not self.committing:
             self.loop.call_soon(self._flush_commits)
         self.commit_batch.append((req, evpids))
 
@@ -261,16 +268,46 @@ class QueueProcess(Child):
         return env
 
     def _flush_commits(self) -> None:
+        """Write the gathered commits.  With the fs backend the writes, fsyncs
+        and renames run in the I/O thread (fsync releases the GIL), so this
+        loop goes on serving MAIL, DATA and deliveries meanwhile, and the
+        commits that arrive during a flush form the next group."""
+        if self.committing is not None or not self.commit_batch:
+            return
         batch, self.commit_batch = self.commit_batch, []
         requests = {req.msgid: (req, evpids) for req, evpids in batch}
         # messages per group commit = queue.commit.message / queue.commit.batch
         self.stats.increment("queue.commit.batch")
         self.stats.increment("queue.commit.message", len(batch))
-        # Runs after the loop iteration's dispatches, so `-T profile` cannot
-        # see it: its own duration histogram (writes, fsyncs, renames).
         started = time.monotonic_ns()
-        committed = self.front.message_commit_many(list(requests))
+        staged = self.front.commit_prepare(list(requests))
+        self.committing = set(staged.msgids)
+        if not self.front.install_is_threadsafe:
+            error: OSError | None = None
+            try:
+                self.front.commit_install(staged)
+            except OSError as exc:
+                error = exc
+            self._commit_done(requests, staged, error, started)
+            return
+        future = self.loop.run_in_executor(self.io, self.front.commit_install, staged)
+
+        def done(fut: asyncio.Future[None]) -> None:
+            exc = fut.exception()
+            if exc is not None and not isinstance(exc, OSError):
+                raise exc  # a bug: the loop's exception handler ends the process
+            self._commit_done(requests, staged, exc, started)
+        future.add_done_callback(done)
+
+    def _commit_done(self, requests: dict[int, tuple[MessageCommit, list[int]]],
+                     staged: CommitBatch, error: OSError | None, started: int) -> None:
+        # Outside imsg dispatch, so `-T profile` cannot see it: its own
+        # duration histogram (writes, fsyncs, renames).
         self.stats.observe("queue.commit.flush", time.monotonic_ns() - started)
+        committed = self.front.commit_finish(staged, error)
+        self.committing = None
+        if self.commit_batch:  # arrived during this flush: the next group
+            self.loop.call_soon(self._flush_commits)
         for msgid, result in committed:
             req, evpids = requests[msgid]
             if isinstance(result, Exception):
@@ -296,6 +333,8 @@ class QueueProcess(Child):
             self.log.warning("queue: rollback of %08x: %s", msgid, exc)
 
     def _on_rollback(self, req: MessageRef, _frame: Frame) -> None:
+        if self.committing is not None and req.msgid in self.committing:
+            return  # its commit is being written: its outcome decides
         self._rollback(req.msgid)
 
     # -- delivery --------------------------------------------------------------

@@ -47,10 +47,9 @@ def make_dir_durable(path: Path, stop: Path, mode: int = DIR_MODE) -> None:
         return
     if path.parent != stop and path.parent != path:
         make_dir_durable(path.parent, stop, mode)
-    try:
+    # made meanwhile by another thread, maybe not synced yet: sync it all the same
+    with contextlib.suppress(FileExistsError):
         os.mkdir(path, mode)
-    except FileExistsError:
-        return
     fsync_dir(path.parent)
 
 
