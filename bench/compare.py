@@ -55,6 +55,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -517,6 +518,32 @@ HEADER = ["size", "c", "server", "accepted msg/s", "delivered msg/s", "txn p50 m
           "peak RSS MiB", "peak PSS MiB", "failed"]
 
 
+def print_rounds(outcomes: list[Outcome]) -> None:
+    """Per cell over its rounds: the delivered msg/s ratio of each round (the
+    two servers of a round ran back to back), their median and range."""
+    by_cell: dict[Cell, dict[Server, list[Outcome]]] = {}
+    for o in outcomes:
+        by_cell.setdefault(o.cell, {}).setdefault(o.server, []).append(o)
+    print()
+    print(md(["size", "c", "rounds", "delivered py/open per round", "median", "min", "max",
+              "CPU/msg py/open median"]))
+    print(md(["---"] * 8))
+    for cell, servers in by_cell.items():
+        pairs = list(zip(servers.get(Server.PYSMTPD, []), servers.get(Server.OPENSMTPD, []),
+                         strict=False))
+        ratios = [rate(py.delivered, py.deliver_s) / rate(op.delivered, op.deliver_s)
+                  for py, op in pairs if rate(op.delivered, op.deliver_s) > 0]
+        cpu = [(py.cpu_s / max(1, py.accepted)) / (op.cpu_s / max(1, op.accepted))
+               for py, op in pairs if op.cpu_s > 0]
+        if not ratios:
+            continue
+        print(md([f"{cell.size // 1024} KB", str(cell.concurrency), str(len(ratios)),
+                  ", ".join(f"{r:.2f}" for r in ratios), f"{statistics.median(ratios):.2f}x",
+                  f"{min(ratios):.2f}x", f"{max(ratios):.2f}x",
+                  f"{statistics.median(cpu):.2f}x" if cpu else "-"]))
+    print()
+
+
 def print_per_process(outcomes: list[Outcome]) -> None:
     """CPU ms per accepted message by process title, busiest first."""
     print()
@@ -584,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=240,
                    help="start no cell after this many seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every cell this many times (servers alternating first) and "
+                        "summarise the ratios: on a shared machine one run can mislead")
     p.add_argument("--per-process", action="store_true",
                    help="after the table, CPU ms per accepted message of each process")
     ns = p.parse_args(argv)
@@ -623,10 +653,11 @@ def main(argv: list[str] | None = None) -> int:
             d.wait_ready()
         print(md(HEADER))
         print(md(["---"] * len(HEADER)), flush=True)
-        for index, cell in enumerate(cells):
+        runs = [cell for _ in range(ns.rounds) for cell in cells]
+        for index, cell in enumerate(runs):
             left = ns.max_seconds - (time.monotonic() - started)
             if left <= 0:
-                print(f"(time budget spent: {len(cells) - index} cells not run)")
+                print(f"(time budget spent: {len(runs) - index} cells not run)")
                 break
             order = daemons if index % 2 == 0 else daemons[::-1]
             outcomes = {d.server: run_cell(d, cell, ns.messages, ns.per_session,
@@ -641,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         if ns.per_process:
             print_per_process(per_process)
+        if ns.rounds > 1 and len(wanted) == 2:
+            print_rounds(per_process)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
               f"{time.monotonic() - started:.0f} s")
     except KeyboardInterrupt:
