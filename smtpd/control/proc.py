@@ -368,15 +368,11 @@ class ControlProcess(Child):
 
     # -- queue management, relayed to the scheduler and the queue -------------
 
-    def _ask(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
-             on_done: Callable[[int, list[str]], None]) -> None:
-        self._request(peer, verb, args, PendingRequest(client, on_done))
-
     def ask(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
             on_done: Callable[[int, list[str]], None]) -> None:
         """Ask `peer`; on_done(status, lines) once its whole answer is in,
         if the client is still there."""
-        self._ask(peer, verb, args, client, on_done)
+        self._request(peer, verb, args, PendingRequest(client, on_done))
 
     def ask_page(self, peer: Proc, verb: str, args: list[str], client: ClientSession,
                  on_page: Callable[[int, list[str], bool], None],
@@ -424,7 +420,7 @@ class ControlProcess(Child):
     def _relay(self, client: ClientSession, peer: Proc, verb: str, *args: str) -> None:
         def done(status: int, lines: list[str]) -> None:
             client.reply(lines, status=status, stderr=status != 0)
-        self._ask(peer, verb, list(args), client, done)
+        self.ask(peer, verb, list(args), client, done)
 
     def cmd_pause(self, client: ClientSession, system: str) -> None:
         self._pause(client, system, True)
@@ -447,7 +443,7 @@ class ControlProcess(Child):
             if status == 0:
                 (self.paused.add if pause else self.paused.discard)(system)
             client.reply(lines, status=status, stderr=status != 0)
-        self._ask(Proc.SCHEDULER, "pause" if pause else "resume", [system], client, done)
+        self.ask(Proc.SCHEDULER, "pause" if pause else "resume", [system], client, done)
 
     def cmd_schedule(self, client: ClientSession, ident: str) -> None:
         self._relay(client, Proc.SCHEDULER, "schedule", ident)
