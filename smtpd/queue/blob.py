@@ -18,9 +18,10 @@ READ_CHUNK = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class SpoolFile:
-    """A finished file on the spool's filesystem, given up by the caller: the
-    fs backend renames it into place instead of copying it (a message
-    received in incoming/ and stored as is); other backends read it."""
+    """A finished file given up by the caller (a message received in
+    incoming/ and stored as is).  The fs backend's adopt_many keeps it where
+    it is, in the directory it renames into the queue; put() and put_many()
+    read it, as any source."""
 
     path: Path
 

@@ -66,7 +66,7 @@ class FsBackend:
         self._corrupt = self.root / "corrupt"
         # put() writes here first; QueueFront.recover() clears what a crash left.
         self._tmp = self.root / "temporary"
-        self._device = self._queue.stat().st_dev  # a SpoolFile elsewhere is copied
+        self._device = self._queue.stat().st_dev  # what can_adopt() may rename from
 
     # --- paths ------------------------------------------------------------
 
@@ -103,11 +103,7 @@ class FsBackend:
         try:
             for kind, oid, data in items:
                 target = self.path(kind, oid)
-                if isinstance(data, SpoolFile) and self._same_filesystem(data.path):
-                    # moved, not copied: one file creation less per message
-                    tmp, size = data.path, data.path.stat().st_size
-                else:
-                    tmp, size = write_temp(iter_source(data), self._tmp, sync=False)
+                tmp, size = write_temp(iter_source(data), self._tmp, sync=False)
                 moves.append((tmp, target))
                 sizes.append(size)
             sync_files(tmp for tmp, _target in moves)

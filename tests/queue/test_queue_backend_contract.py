@@ -95,8 +95,8 @@ def test_put_many(backend: QueueBackend) -> None:
 
 
 def test_put_a_spool_file(backend: QueueBackend, tmp_path: Path) -> None:
-    # On the spool's filesystem the fs backend moves the file; elsewhere (and
-    # for every other backend) it is read like any source.
+    # put_many reads a SpoolFile like any source, wherever it is (the fs
+    # backend keeps one in place only in adopt_many).
     for where in (getattr(backend, "root", tmp_path) / "incoming", Path("/dev/shm")):
         if not where.is_dir():
             continue
