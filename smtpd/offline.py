@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from smtpctl import sendmail  # imported before the fork: the child may not read it later
+from smtpd import privsep
 from smtpd.config.model import Config
 
 MAX_RUNNING = 5
@@ -222,7 +223,7 @@ def _child_main(p: Prepared, wfd: int, socket_path: str,
         os.dup2(devnull, 1)
         os.closerange(3, _max_fd())
         if os.geteuid() == 0:
-            _become(p.pw)
+            privsep.become_user(p.pw.pw_uid, p.pw.pw_gid, p.pw.pw_name)
         try:
             os.chdir(p.pw.pw_dir)
         except OSError:
@@ -242,14 +243,6 @@ def _max_fd() -> int:
         return int(os.sysconf("SC_OPEN_MAX"))
     except (OSError, ValueError):
         return 1024
-
-
-def _become(pw: pwd.struct_passwd) -> None:  # pragma: no cover - child
-    os.initgroups(pw.pw_name, pw.pw_gid)
-    os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
-    os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
-    if os.getresuid() != (pw.pw_uid,) * 3 or os.getresgid() != (pw.pw_gid,) * 3:
-        raise PermissionError(f"could not become {pw.pw_name}")
 
 
 def enqueue_offline(loop: asyncio.AbstractEventLoop, config: Config,

@@ -62,3 +62,28 @@ def drop(identity: Identity, chroot: str | None) -> None:
     except PermissionError:
         return
     raise PrivsepError("privileges could be regained after dropping them")
+
+
+def become_user(uid: int, gid: int, user: str) -> None:
+    """A forked child taking a user's identity for good (delivery workers,
+    offline enqueue): real, effective and saved ids, the user's supplementary
+    groups (only its gid for a user without a passwd entry), then a check
+    that uid 0 cannot come back."""
+    try:
+        known = pwd.getpwnam(user).pw_uid == uid
+    except KeyError:
+        known = False
+    if known:
+        os.initgroups(user, gid)
+    else:
+        os.setgroups([gid])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PermissionError(f"could not become uid {uid} gid {gid}")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise PermissionError("uid 0 could be regained after dropping privileges")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import pwd
 import signal
 import socket
 import traceback
@@ -44,6 +43,7 @@ from setproctitle import setproctitle
 
 import smtpd.mda
 from imsg import codec
+from smtpd import privsep
 from smtpd.mda.types import DeliveryMethod, DeliveryRequest, DeliveryResult, tempfail
 
 FAILED = "451 4.3.0 delivery failed"
@@ -121,7 +121,7 @@ def _become_worker(sock_fd: int, uid: int, gid: int, user: str) -> None:  # prag
     os.umask(0o077)
     os.chdir("/")
     if os.geteuid() == 0:
-        drop_privileges(uid, gid, user)
+        privsep.become_user(uid, gid, user)
 
 
 def _serve(sock: socket.socket, uid: int, gid: int) -> int:  # pragma: no cover - child
@@ -189,29 +189,6 @@ def close_inherited(keep: set[int]) -> None:  # pragma: no cover - child
         low = fd + 1
     if low < limit:
         os.closerange(low, limit)
-
-
-def drop_privileges(uid: int, gid: int, user: str) -> None:  # pragma: no cover - child
-    """For good: real, effective and saved ids, and the supplementary groups
-    of the user (or only its gid for a user without a passwd entry)."""
-    try:
-        known = pwd.getpwnam(user).pw_uid == uid
-    except KeyError:
-        known = False
-    if known:
-        os.initgroups(user, gid)
-    else:
-        os.setgroups([gid])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-        raise PermissionError(f"could not become uid {uid} gid {gid}")
-    if uid != 0:
-        try:
-            os.setuid(0)
-        except PermissionError:
-            return
-        raise PermissionError("uid 0 could be regained after dropping privileges")
 
 
 def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - child
