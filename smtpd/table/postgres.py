@@ -32,7 +32,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from smtpd.table.service import Service, TableError, TableTempFail
-from smtpd.table.sqlite import QUERY_KEYS, value_from_rows
+from smtpd.table.sqlite import QUERY_KEYS, queried_services, value_from_rows
 
 DEFAULT_TIMEOUT = 2.0  # seconds: connect, statement and pool wait
 DEFAULT_POOL_SIZE = 4
@@ -91,12 +91,7 @@ class PgConfig:
 
     @property
     def services(self) -> Service:
-        services = Service(0)
-        for service in self.queries:
-            services |= service
-        if self.fetch:
-            services |= Service.SOURCE
-        return services
+        return queried_services(self.queries, self.fetch)
 
 
 class PostgresBackend:

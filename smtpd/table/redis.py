@@ -31,7 +31,7 @@ from __future__ import annotations
 import redis
 
 from smtpd.table.service import Service, TableError, TableTempFail
-from smtpd.table.sqlite import COLUMNS, JOINED, QUERY_KEYS
+from smtpd.table.sqlite import COLUMNS, JOINED, QUERY_KEYS, queried_services
 
 DEFAULT_TIMEOUT = 2.0
 DEFAULT_PORT = 6379
@@ -89,12 +89,7 @@ class RedisConfig:
 
     @property
     def services(self) -> Service:
-        services = Service(0)
-        for service in self.queries:
-            services |= service
-        if self.fetch:
-            services |= Service.SOURCE
-        return services
+        return queried_services(self.queries, self.fetch)
 
 
 def _number(text: str, where: str, what: str) -> int:

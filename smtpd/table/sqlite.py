@@ -22,6 +22,7 @@ TableTempFail: mail is deferred, never bounced, for a database problem.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
 from smtpd.table.service import Service, TableError, TableTempFail
 
@@ -40,6 +41,17 @@ QUERY_KEYS = {
 }
 COLUMNS = {Service.CREDENTIALS: 2, Service.USERINFO: 3}
 JOINED = (Service.ALIAS, Service.MAILADDRMAP)
+
+
+def queried_services(queries: Iterable[Service], fetch: object) -> Service:
+    """What a table with these lookup queries (and a fetch query, for the
+    source service) answers: the same for sqlite, postgres and redis."""
+    services = Service(0)
+    for service in queries:
+        services |= service
+    if fetch:
+        services |= Service.SOURCE
+    return services
 
 
 def value_from_rows(service: Service, rows: list[tuple[object, ...]], where: str) -> str | None:
@@ -103,12 +115,7 @@ class SqliteBackend:
         except (OSError, UnicodeDecodeError) as e:
             raise TableError(f"{self.config_path}: {e}") from None
         self.dbpath, self._queries, self._fetch = parse_sqlite_config(text, self.config_path)
-        services = Service(0)
-        for service in self._queries:
-            services |= service
-        if self._fetch:
-            services |= Service.SOURCE
-        self.services = services
+        self.services = queried_services(self._queries, self._fetch)
 
     def open(self) -> None:
         self._read_config()
