@@ -7,8 +7,11 @@ from __future__ import annotations
 import http.server
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import pytest
 import trustme
 
 
@@ -61,3 +64,24 @@ class PolicyServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+
+# fixtures for the MTA-STS tests (test_mtasts.py, test_mtasts_relay.py)
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def server(ca: trustme.CA) -> Iterator[PolicyServer]:
+    s = PolicyServer(ca, ["mta-sts.dest.test"])
+    yield s
+    s.close()

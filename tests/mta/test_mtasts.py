@@ -23,7 +23,9 @@ from smtpd.mta.mtasts import (
     parse_txt,
 )
 from tests.mta.dnsstub import StubDns
-from tests.mta.policyserver import PolicyServer
+from tests.mta.policyserver import PolicyServer, ca, ca_file, server
+
+__all__ = ["ca", "ca_file", "server"]  # fixtures shared with the other MTA-STS tests
 
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: mx1.dest.test\r\nmx: *.mx.dest.test\r\nmax_age: 86400\r\n"
 
@@ -71,25 +73,6 @@ def test_mx_patterns() -> None:
 
 
 # -- fetching --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture
-def server(ca: trustme.CA) -> Iterator[PolicyServer]:
-    s = PolicyServer(ca, ["mta-sts.dest.test"])
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import ssl
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trustme
@@ -25,31 +23,14 @@ from smtpd.mta.transfer import Status, Timeouts, TransferResult
 from smtpd.queue.envelope import DeliveryType, Envelope
 from smtpd.table.backend import open_table
 from tests.mta.dnsstub import StubDns
-from tests.mta.policyserver import PolicyServer
+from tests.mta.policyserver import PolicyServer, ca, ca_file, server
 from tests.mta.sink import Sink, SinkConfig
+
+__all__ = ["ca", "ca_file", "server"]  # fixtures shared with the other MTA-STS tests
 
 FAST = Timeouts(connect=2, greeting=2, helo=2, starttls=2, mail=2, rcpt=2, data_init=2,
                 data_block=2, data_end=2, rset=2, quit=1)
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.dest.test\nmax_age: 600\n"
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture
-def server(ca: trustme.CA) -> Iterator[PolicyServer]:
-    s = PolicyServer(ca, ["mta-sts.dest.test"])
-    yield s
-    s.close()
 
 
 def tls_ctx(ca: trustme.CA, name: str) -> ssl.SSLContext:
